@@ -1,0 +1,87 @@
+"""Authentication of virtual keys against the in-memory snapshot. No database access."""
+import hmac
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from llmgateway.errors import AuthenticationFailed, PermissionDenied
+
+from .secrets import hash_key
+
+# Compared against when the presented key is unknown, so unknown and wrong keys
+# do the same work.
+_NO_SUCH_HASH = hash_key("no such key")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """What the hot path knows of a virtual key."""
+
+    id: int
+    name: str
+    prefix: str
+    key_hash: str
+    enabled: bool
+    expires_at: float | None  # epoch seconds
+    allowed_route_ids: frozenset[int] | None  # None: every route
+    rpm: int | None
+    tpm: int | None
+    budget_usd: Decimal | None
+    budget_period: str
+    log_bodies: bool
+
+    def may_use(self, route_id: int) -> bool:
+        return self.allowed_route_ids is None or route_id in self.allowed_route_ids
+
+
+def key_entry(vk, allowed_route_ids) -> KeyEntry:
+    """Build the entry for a VirtualKey row (called when the snapshot is built)."""
+    return KeyEntry(
+        id=vk.pk,
+        name=vk.name,
+        prefix=vk.prefix,
+        key_hash=vk.key_hash,
+        enabled=vk.enabled,
+        expires_at=vk.expires_at.timestamp() if vk.expires_at else None,
+        allowed_route_ids=frozenset(allowed_route_ids) if allowed_route_ids else None,
+        rpm=vk.rpm,
+        tpm=vk.tpm,
+        budget_usd=vk.budget_usd,
+        budget_period=vk.budget_period,
+        log_bodies=vk.log_bodies,
+    )
+
+
+def presented_key(headers) -> str | None:
+    """The key from `Authorization: Bearer …`, `api-key` or `x-api-key`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return headers.get("api-key") or headers.get("x-api-key") or None
+
+
+def authenticate(headers, keys_by_hash: dict[str, KeyEntry], now: float | None = None) -> KeyEntry:
+    """The key entry for the request's credentials, or raise AuthenticationFailed."""
+    plaintext = presented_key(headers)
+    if plaintext is None:
+        raise AuthenticationFailed(
+            "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header)."
+        )
+    digest = hash_key(plaintext)
+    entry = keys_by_hash.get(digest)
+    matched = hmac.compare_digest(digest, entry.key_hash if entry else _NO_SUCH_HASH)
+    if entry is None or not matched:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    if not entry.enabled:
+        raise AuthenticationFailed("This API key is disabled.", code="key_disabled")
+    if entry.expires_at is not None and entry.expires_at <= (now or time.time()):
+        raise AuthenticationFailed("This API key has expired.", code="key_expired")
+    return entry
+
+
+def check_route_allowed(entry: KeyEntry, route_id: int, model: str) -> None:
+    if not entry.may_use(route_id):
+        raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")

@@ -1,0 +1,125 @@
+"""OpenAI-compatible upstreams: chat completions, completions, embeddings, models.
+
+Same protocol in and out, so requests go upstream as sent except `model` (and a request
+for usage on streams); responses and events come back untouched, apart from dropping
+the usage-only stream chunk a client did not ask for.
+"""
+import json
+
+from ..sse import data_event, event_data
+from .base import MalformedEvent, UpstreamRequest, Usage, as_int
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+# Streams carry usage only when asked; the gateway always asks, for honest accounting.
+STREAMING_ENDPOINTS = ("chat", "completions")
+
+
+class OpenAIAdapter:
+    protocol = "openai"
+    supports_embeddings = True
+
+    def build_request(self, endpoint: str, body: dict, *, upstream_model: str, base_url: str,
+                      api_key: str | None, extra_headers=()) -> UpstreamRequest:
+        body = {**body, "model": upstream_model}
+        if body.get("stream") is True and endpoint in STREAMING_ENDPOINTS:
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        # identity: events must be readable as they arrive, and the client gets them uncompressed anyway.
+        headers = {"content-type": "application/json", "accept": "application/json", "accept-encoding": "identity"}
+        headers.update(extra_headers)
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        return UpstreamRequest("POST", base_url + PATHS[endpoint], headers, json.dumps(body).encode())
+
+    @staticmethod
+    def usage_from_response(content: bytes) -> Usage | None:
+        """Usage reported in a non-streamed response body, if any."""
+        try:
+            usage = json.loads(content).get("usage")
+        except (ValueError, AttributeError):
+            return None
+        return usage_from_dict(usage)
+
+    @staticmethod
+    def error_message(content: bytes) -> str:
+        """The human message of an upstream error body, whatever its shape."""
+        try:
+            data = json.loads(content)
+        except ValueError:
+            return content.decode("utf-8", "replace").strip()[:500]
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(data, dict) and data.get("message"):
+            return str(data["message"])
+        return content.decode("utf-8", "replace")[:500]
+
+    @staticmethod
+    def error_event(message: str, type_: str = "upstream_error", code: str | None = None) -> bytes:
+        """How an OpenAI stream ends when it fails part-way."""
+        return data_event({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+    def stream_relay(self, client_wants_usage: bool) -> "OpenAIStreamRelay":
+        return OpenAIStreamRelay(client_wants_usage)
+
+
+def usage_from_dict(usage) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(
+        input_tokens=as_int(usage.get("prompt_tokens")),
+        output_tokens=as_int(usage.get("completion_tokens")),
+        cached_tokens=as_int(cached),
+    )
+
+
+class OpenAIStreamRelay:
+    """Passes an OpenAI stream through event by event, noting usage, text and errors."""
+
+    __slots__ = ("client_wants_usage", "usage", "text", "error", "done")
+
+    def __init__(self, client_wants_usage: bool):
+        self.client_wants_usage = client_wants_usage
+        self.usage: Usage | None = None
+        self.text: list[str] = []  # for a token estimate when the upstream reports no usage
+        self.error: str | None = None
+        self.done = False
+
+    def relay(self, event: bytes) -> bytes | None:
+        """The bytes to send the client for one upstream event (None: send nothing)."""
+        data = event_data(event)
+        if data is None:
+            return event
+        if data == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise MalformedEvent("upstream sent an event that is not valid JSON") from None
+        if not isinstance(chunk, dict):
+            raise MalformedEvent("upstream sent an event that is not a JSON object")
+        if "error" in chunk:
+            error = chunk["error"]
+            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            return event
+        choices = chunk.get("choices")
+        if chunk.get("usage"):
+            self.usage = usage_from_dict(chunk["usage"])
+            if not self.client_wants_usage and not choices:
+                return None
+        if choices:
+            for choice in choices:
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(piece, str):
+                    self.text.append(piece)
+        return event
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None

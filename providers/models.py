@@ -1,0 +1,88 @@
+"""Upstream providers, their API keys (encrypted at rest) and the model catalog."""
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from .crypto import decrypt_secret, encrypt_secret
+
+
+class Provider(models.Model):
+    class Type(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini"
+        AZURE_OPENAI = "azure_openai", "Azure OpenAI"
+
+    name = models.SlugField(max_length=100, unique=True, help_text="Used in routes and config files.")
+    type = models.CharField(max_length=20, choices=Type.choices, default=Type.OPENAI)
+    base_url = models.URLField(max_length=500, help_text="For example https://api.openai.com/v1")
+    enabled = models.BooleanField(default=True)
+    timeout_s = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds to wait for the first byte of an answer.",
+    )
+    weight = models.PositiveIntegerField(default=1)
+    extra_headers = models.JSONField(default=dict, blank=True, help_text='Sent with every request, e.g. {"OpenAI-Organization": "org-1"}.')
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class ProviderKey(models.Model):
+    """One API key of a provider. The secret is stored encrypted; only its last four characters are ever shown."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    label = models.CharField(max_length=100, blank=True)
+    encrypted_secret = models.TextField(editable=False)
+    secret_last4 = models.CharField(max_length=4, editable=False)
+    enabled = models.BooleanField(default=True)
+    weight = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider", "id"]
+
+    def __str__(self):
+        return f"{self.provider.name}/{self.label or self.pk} (…{self.secret_last4})"
+
+    def set_secret(self, plaintext: str) -> None:
+        self.encrypted_secret = encrypt_secret(plaintext)
+        self.secret_last4 = plaintext[-4:]
+
+    def get_secret(self) -> str:
+        return decrypt_secret(self.encrypted_secret)
+
+
+class CatalogEntry(models.Model):
+    """What the gateway knows about one upstream model of one provider: limits, prices, capabilities."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="catalog")
+    model_id = models.CharField("upstream model id", max_length=200)
+    context_window = models.PositiveIntegerField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    input_price_per_m = models.DecimalField("input $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
+    output_price_per_m = models.DecimalField("output $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
+    cached_input_price_per_m = models.DecimalField("cached input $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
+    supports_tools = models.BooleanField(default=False)
+    supports_vision = models.BooleanField(default=False)
+    supports_reasoning = models.BooleanField(default=False)
+    supports_embeddings = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "catalog model"
+        ordering = ["provider", "model_id"]
+        constraints = [models.UniqueConstraint(fields=["provider", "model_id"], name="catalog_unique_model_per_provider")]
+
+    CAPABILITIES = ("tools", "vision", "reasoning", "embeddings")
+
+    def __str__(self):
+        return f"{self.provider.name}:{self.model_id}"
+
+    @property
+    def capabilities(self) -> list[str]:
+        return [name for name in self.CAPABILITIES if getattr(self, f"supports_{name}")]

@@ -1,0 +1,43 @@
+"""The shared upstream HTTP client: one pooled httpx.AsyncClient per process and event loop."""
+import asyncio
+import logging
+
+import aiohttp
+import httpx
+
+log = logging.getLogger(__name__)
+
+_clients: dict[int, httpx.AsyncClient] = {}
+
+# Generous pool: a gateway process holds one connection per in-flight upstream request.
+LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
+
+
+def make_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:
+    """An AsyncClient on the chosen transport: "aiohttp" (httpx-aiohttp) or "httpx" (httpcore)."""
+    timeout = httpx.Timeout(connect=connect_timeout, read=60.0, write=60.0, pool=connect_timeout)
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS), timeout=timeout, trust_env=False)
+    return httpx.AsyncClient(limits=LIMITS, timeout=timeout, trust_env=False)
+
+
+def shared_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:
+    """The process's client for the running event loop, created on first use."""
+    loop_id = id(asyncio.get_running_loop())
+    client = _clients.get(loop_id)
+    if client is None:
+        client = _clients[loop_id] = make_client(transport, connect_timeout)
+    return client
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a transport error was a timeout. httpx-aiohttp maps any aiohttp connection
+    error (a reset, a refused connect) to httpx.ConnectTimeout, so look at the cause."""
+    if isinstance(exc, TimeoutError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)

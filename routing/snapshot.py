@@ -1,0 +1,248 @@
+"""The immutable in-memory configuration the hot path reads, rebuilt when the config version changes.
+
+A save in the admin or a `gateway_config apply` bumps a version counter in Redis (see
+signals.py). Each gateway process polls that counter in the background and, when it
+moves, rebuilds the snapshot from the database in a worker thread and swaps it in
+with one assignment. Requests never wait for the database, except the very first one
+in a process.
+"""
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from keys.auth import KeyEntry, key_entry
+from llmgateway.redis import async_client, sync_client
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = "gw:config_version"
+# Rebuild at least this often even if the counter did not move (a lost bump, a
+# Redis outage): correctness must not hang on one INCR.
+MAX_AGE_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeyEntry:
+    id: int
+    label: str
+    secret: str = field(repr=False)
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    id: int
+    name: str
+    type: str
+    base_url: str
+    timeout_s: float
+    weight: int
+    extra_headers: tuple[tuple[str, str], ...]
+    keys: tuple[ProviderKeyEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Dollars per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        uncached = max(input_tokens - cached_tokens, 0)
+        return (uncached * self.input + cached_tokens * self.cached_input + output_tokens * self.output) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class TargetEntry:
+    id: int
+    provider: ProviderEntry
+    upstream_model: str
+    priority: int
+    weight: int
+    price: Price | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEntry:
+    operation: str
+    pattern: re.Pattern | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    id: int
+    name: str
+    aliases: tuple[str, ...]
+    strategy: str
+    max_attempts: int
+    retry_on_status: frozenset[int]
+    cooldown_s: int
+    targets: tuple[TargetEntry, ...]
+    rules: tuple[RuleEntry, ...]
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: str
+    built_at: float
+    keys_by_hash: MappingProxyType  # key hash -> KeyEntry
+    routes_by_name: MappingProxyType  # name or alias -> RouteEntry
+    routes: tuple[RouteEntry, ...]
+
+    def route(self, model: str) -> RouteEntry | None:
+        return self.routes_by_name.get(model)
+
+
+def _price(entry) -> Price | None:
+    if entry is None or (entry.input_price_per_m is None and entry.output_price_per_m is None):
+        return None
+    input_price = float(entry.input_price_per_m or 0)
+    cached = entry.cached_input_price_per_m
+    return Price(
+        input=input_price,
+        output=float(entry.output_price_per_m or 0),
+        cached_input=float(cached) if cached is not None else input_price,
+    )
+
+
+def build_snapshot(version: str = "") -> Snapshot:
+    """Read the whole configuration from the database (synchronous: call it in a thread)."""
+    from keys.models import VirtualKey
+    from providers.models import CatalogEntry, Provider
+
+    from .models import Route
+
+    providers = {}
+    for p in Provider.objects.filter(enabled=True).prefetch_related("keys"):
+        keys = []
+        for k in p.keys.all():
+            if not k.enabled:
+                continue
+            try:
+                keys.append(ProviderKeyEntry(id=k.pk, label=k.label, secret=k.get_secret(), weight=k.weight))
+            except ValueError:
+                log.error("provider key %s of %s cannot be decrypted; skipped", k.pk, p.name)
+        providers[p.pk] = ProviderEntry(
+            id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
+            weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in (p.extra_headers or {}).items()),
+            keys=tuple(keys),
+        )
+    prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}
+
+    routes, by_name = [], {}
+    for r in Route.objects.filter(enabled=True).prefetch_related("targets", "prompt_rules"):
+        targets = tuple(
+            TargetEntry(id=t.pk, provider=providers[t.provider_id], upstream_model=t.upstream_model,
+                        priority=t.priority, weight=t.weight, price=prices.get((t.provider_id, t.upstream_model)))
+            for t in r.targets.all() if t.enabled and t.provider_id in providers
+        )
+        rules = tuple(
+            RuleEntry(operation=rule.operation, pattern=_compile(rule.pattern), text=rule.text)
+            for rule in r.prompt_rules.all() if rule.enabled
+        )
+        entry = RouteEntry(
+            id=r.pk, name=r.name, aliases=tuple(r.aliases or ()), strategy=r.strategy, max_attempts=r.max_attempts,
+            retry_on_status=frozenset(r.retry_on_status or ()), cooldown_s=r.cooldown_s, targets=targets,
+            rules=rules, created=int(r.created_at.timestamp()),
+        )
+        routes.append(entry)
+        for name in (*entry.aliases, entry.name):  # a route's own name wins over another's alias
+            by_name[name] = entry
+
+    keys = {}
+    for vk in VirtualKey.objects.prefetch_related("allowed_routes"):
+        keys[vk.key_hash] = key_entry(vk, [r.pk for r in vk.allowed_routes.all()])
+
+    return Snapshot(version=version, built_at=time.monotonic(), keys_by_hash=MappingProxyType(keys),
+                    routes_by_name=MappingProxyType(by_name), routes=tuple(routes))
+
+
+def _compile(pattern: str) -> re.Pattern | None:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error:
+        log.error("prompt rule pattern %r does not compile; rule skipped", pattern)
+        return None
+
+
+def bump_config_version() -> None:
+    """Tell every gateway process to rebuild its snapshot. Called after config commits."""
+    try:
+        sync_client().incr(VERSION_KEY)
+    except Exception as exc:  # a Redis outage must not fail an admin save
+        log.warning("could not bump the config version in Redis (%s); processes catch up within %ss",
+                    type(exc).__name__, MAX_AGE_S)
+
+
+class SnapshotKeeper:
+    """Holds the current snapshot of this process and keeps it fresh."""
+
+    def __init__(self):
+        self.current: Snapshot | None = None
+        self._poller: asyncio.Task | None = None
+        self._first_load: asyncio.Future | None = None
+
+    async def get(self) -> Snapshot:
+        snapshot = self.current
+        if snapshot is None:
+            snapshot = await self._load_first()
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="snapshot-poller")
+        return snapshot
+
+    async def _load_first(self) -> Snapshot:
+        # Concurrent first requests share one build.
+        if self._first_load is None:
+            self._first_load = asyncio.ensure_future(self._rebuild(await self._read_version()))
+        return await asyncio.shield(self._first_load)
+
+    async def _read_version(self) -> str:
+        try:
+            value = await async_client().get(VERSION_KEY)
+        except Exception as exc:
+            log.warning("cannot read the config version from Redis: %s", type(exc).__name__)
+            return ""
+        return value.decode() if value else "0"
+
+    async def _rebuild(self, version: str) -> Snapshot:
+        snapshot = await sync_to_async(_build_in_thread, thread_sensitive=False)(version)
+        self.current = snapshot
+        return snapshot
+
+    async def _poll(self):
+        while True:
+            await asyncio.sleep(settings.GATEWAY_SNAPSHOT_POLL_S)
+            try:
+                version = await self._read_version()
+                current = self.current
+                stale = time.monotonic() - current.built_at > MAX_AGE_S
+                if version != current.version or stale:
+                    await self._rebuild(version)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("snapshot refresh failed; keeping the previous snapshot")
+
+
+def _build_in_thread(version: str) -> Snapshot:
+    close_old_connections()
+    try:
+        return build_snapshot(version)
+    finally:
+        close_old_connections()
+
+
+keeper = SnapshotKeeper()
