@@ -1,4 +1,5 @@
 """Settings, read from the environment (and an optional .env file) with django-environ."""
+import os
 import secrets
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env")
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
 
 # Where the embedded defaults keep their state: SQLite, embedded Redis, generated secrets.
 DATA_DIR = Path(env("DATA_DIR", default=str(BASE_DIR / "var")))
@@ -57,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "llmgateway",
     "providers",
     "keys",
     "routing",
@@ -99,6 +102,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the request-log writer and the admin read and write side by side;
     # IMMEDIATE avoids "database is locked" on write upgrades inside transactions.
+    # A file, not memory: the tests' gateway processes share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-gateway-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         transaction_mode="IMMEDIATE",
@@ -128,6 +133,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -178,6 +184,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # 4xx answers are the client's business and are in the request log already.
+        "django.request": {"level": "ERROR"},
         "django.channels.server": {"level": "WARNING"},
     },
 }

@@ -1,0 +1,6 @@
+"""One route: POST /v1/chat/completions."""
+from django.urls import path
+
+from .views import api
+
+urlpatterns = [path("", api.urls)]

@@ -1,0 +1,242 @@
+"""Shared fixtures: Redis, the mock upstream, and the gateway served by Daphne on loopback."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from django.conf import settings
+
+from providers.mock_upstream import MockUpstreamThread
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+FULL_KEY = "sk-gw-test-full-access-key"
+LIMITED_KEY = "sk-gw-test-limited-key"
+DISABLED_KEY = "sk-gw-test-disabled-key"
+EXPIRED_KEY = "sk-gw-test-expired-key"
+LOGGING_KEY = "sk-gw-test-logs-bodies-key"
+PROVIDER_SECRET = "sk-upstream-provider-secret-9f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker, django_db_modify_db_settings):
+    """Always create the test database: tests that drive gateway processes need it even
+    though they carry no django_db mark (they must not hold a transaction open)."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url(tmp_path_factory):
+    """REDIS_URL from the environment (CI), else an embedded redis-server for this session."""
+    from llmgateway.redis import sync_client
+
+    url = os.environ.get("REDIS_URL")
+    proc = None
+    if not url:
+        from llmgateway.management.commands.serve import start_embedded_redis
+
+        url, proc = start_embedded_redis(tmp_path_factory.mktemp("redis"))
+    settings.REDIS_URL = url
+    sync_client.cache_clear()
+    yield url
+    if proc:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    server = MockUpstreamThread().start()
+    yield server
+    server.stop()
+
+
+def database_url() -> str:
+    """The URL of the test database, for gateway processes started by the tests."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = f"{quote(s['USER'])}:{quote(s['PASSWORD'] or '')}@" if s["USER"] else ""
+    return f"postgres://{auth}{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Gateway:
+    """A Daphne process serving the gateway on a loopback port."""
+
+    def __init__(self, redis_url, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": redis_url,
+            "DATA_DIR": str(settings.DATA_DIR),
+            "GATEWAY_SNAPSHOT_POLL_S": "0.1",
+            "GATEWAY_EXPOSE_ROUTING_HEADERS": "1",
+            "GATEWAY_MAX_BODY_BYTES": str(1024 * 1024),
+            "GATEWAY_STREAM_IDLE_TIMEOUT_S": "2",
+            **env,
+        }
+        self.proc = None
+
+    def start(self) -> "Gateway":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port),
+             "llmgateway.asgi:application"],
+            cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway exited: " + self.proc.stdout.read().decode())
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15) -> str:
+        """Stop the process and return what it printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stdout.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def gateway_factory(django_db_setup, redis_url):
+    started = []
+
+    def start(**env) -> Gateway:
+        gateway = Gateway(redis_url, **env).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_factory):
+    return gateway_factory()
+
+
+def build_live_config(mock_base_url: str) -> None:
+    """The configuration the over-the-wire tests run against (idempotent)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from keys.models import VirtualKey
+    from providers.models import CatalogEntry, Provider, ProviderKey
+    from routing.models import Route, RouteTarget
+
+    mock = Provider.objects.create(name="mock", base_url=mock_base_url, timeout_s=5)
+    key = ProviderKey(provider=mock, label="primary")
+    key.set_secret(PROVIDER_SECRET)
+    key.save()
+    dead = Provider.objects.create(name="dead", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
+    slow = Provider.objects.create(name="slow", base_url=mock_base_url, timeout_s=0.5)
+    for model, price in [("gpt-4o-mini", (0.15, 0.60, 0.075)), ("text-embedding-3-small", (0.02, 0, None))]:
+        CatalogEntry.objects.create(provider=mock, model_id=model, input_price_per_m=price[0],
+                                    output_price_per_m=price[1], cached_input_price_per_m=price[2])
+
+    def route(name, *targets, **fields):
+        r = Route.objects.create(name=name, **fields)
+        for priority, (provider, upstream_model) in enumerate(targets, start=1):
+            RouteTarget.objects.create(route=r, provider=provider, upstream_model=upstream_model, priority=priority)
+        return r
+
+    mini = route("gpt-4o-mini", (mock, "gpt-4o-mini"), aliases=["mini"])
+    route("gpt-3.5-turbo-instruct", (mock, "gpt-3.5-turbo-instruct"))
+    route("text-embedding-3-small", (mock, "text-embedding-3-small"))
+    route("unreachable", (dead, "gpt-4o-mini"), max_attempts=1)
+    route("failover", (dead, "gpt-4o-mini"), (mock, "gpt-4o-mini"))
+    route("slow", (slow, "gpt-4o-mini"), max_attempts=1)
+    route("no-retry", (mock, "gpt-4o-mini"), max_attempts=1)
+
+    def virtual_key(name, secret, **fields):
+        vk = VirtualKey(name=name, **fields)
+        vk.set_key(secret)
+        vk.save()
+        return vk
+
+    virtual_key("full", FULL_KEY)
+    virtual_key("limited", LIMITED_KEY).allowed_routes.set([mini])
+    virtual_key("disabled", DISABLED_KEY, enabled=False)
+    virtual_key("expired", EXPIRED_KEY, expires_at=timezone.now() - timedelta(minutes=1))
+    virtual_key("logs-bodies", LOGGING_KEY, log_bodies=True)
+
+
+@pytest.fixture
+def live(gateway, mock_upstream, django_db_blocker):
+    """The gateway, serving the live configuration (rebuilt if another test flushed it)."""
+    from keys.models import VirtualKey
+
+    with django_db_blocker.unblock():
+        if not VirtualKey.objects.filter(name="full").exists():
+            from providers.models import Provider
+            from routing.models import Route
+
+            Route.objects.all().delete()
+            Provider.objects.all().delete()
+            VirtualKey.objects.all().delete()
+            build_live_config(mock_upstream.base_url)
+    wait_for_model(gateway, "no-retry")
+    mock_upstream.clear()
+    return gateway
+
+
+def wait_for_model(gateway, model: str, key: str = FULL_KEY, present: bool = True, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{gateway.url}/v1/models/{model}", headers={"Authorization": f"Bearer {key}"})
+        if (r.status_code == 200) == present:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"gateway never {'saw' if present else 'dropped'} model {model}")
+
+
+@pytest.fixture
+def db_access(django_db_blocker):
+    """Read what gateway processes wrote, from a test that is not in a transaction."""
+    with django_db_blocker.unblock():
+        yield
+
+
+def wait_for_log(request_id: str, timeout: float = 10):
+    from routing.models import RequestLog
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = RequestLog.objects.filter(request_id=request_id).first()
+        if row:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"no request log row for {request_id}")
