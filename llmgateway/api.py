@@ -11,7 +11,8 @@ from routing.api import router
 from routing.proxy import Call
 from routing.snapshot import keeper
 
-from .errors import EndpointNotFound, GatewayError, InvalidRequest, openai_error_body
+from .bodylimit import TOO_LARGE
+from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, openai_error_body
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class VirtualKeyAuth:
 
     async def __call__(self, request):
         request.gateway_call = call = Call.begin(request, endpoint_of(request.path))
+        limit = request.scope.get(TOO_LARGE)
+        if limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         request.auth_snapshot = snapshot = await keeper.get()
         call.key = key = authenticate(request.headers, snapshot.keys_by_hash)
         call.log.virtual_key_id = key.id

@@ -17,9 +17,10 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
+from llmgateway.bodylimit import BodyLimit  # noqa: E402
+
 site_application = get_asgi_application()
 
-from llmgateway.errors import PayloadTooLarge, openai_error_bytes  # noqa: E402
 
 # Clients configure an OpenAI-compatible base URL of any shape (/v1, /v1beta/openai,
 # /api/v1, ...): whatever the prefix, these endpoints are served as their /v1 form.
@@ -46,55 +47,6 @@ class ApiHandler(ASGIHandler):
         self._exception_middleware = []
         get_response = self._get_response_async if is_async else self._get_response
         self._middleware_chain = convert_exception_to_response(get_response)
-
-
-async def _send_too_large(send, limit):
-    err = PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-    body = openai_error_bytes(err)
-    await send({
-        "type": "http.response.start",
-        "status": err.status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
-    await send({"type": "http.response.body", "body": body})
-
-
-class BodyLimit:
-    """Reads the whole request body up to `limit` bytes, answering 413 past it."""
-
-    def __init__(self, app, limit):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit:
-                    return await _send_too_large(send, self.limit)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # disconnected before sending it all
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return await _send_too_large(send, self.limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            # Afterwards the app listens for the client's disconnect.
-            return await receive()
-
-        await self.app(scope, replay, send)
 
 
 class Dispatcher:

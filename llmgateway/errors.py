@@ -1,6 +1,4 @@
 """The gateway's few exception types, and their rendering in each client protocol."""
-import json
-
 
 class GatewayError(Exception):
     """An error the client should see, with an HTTP status and a protocol-neutral description."""
@@ -75,7 +73,3 @@ class UpstreamStreamError(GatewayError):
 
 def openai_error_body(err: GatewayError) -> dict:
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-
-
-def openai_error_bytes(err: GatewayError) -> bytes:
-    return json.dumps(openai_error_body(err)).encode()

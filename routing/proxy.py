@@ -188,10 +188,9 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
                     headers=_retry_after(response),
                 )
             if stream:
-                chunks = response.aiter_raw()
-                splitter = EventSplitter()
+                events = _upstream_events(response)
                 relay = adapter.stream_relay(_client_wants_usage(body))
-                first = await _first_events(chunks, splitter, relay)
+                first = await _first_event(events, relay)
             else:
                 content = await response.aread()
     except GatewayError:
@@ -206,8 +205,8 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     if not stream:
         await response.aclose()
         call.log.status = response.status_code
-        call.log.usage_from = (adapter.usage_from_response, content)
-        call.log.estimate_from = (body, "")
+        call.log.usage_from = (adapter, content)
+        call.log.estimate_from = (body, None)
         if call.key.log_bodies:
             call.log.response_body = truncated_json(content.decode("utf-8", "replace"),
                                                     settings.GATEWAY_LOG_BODY_MAX_CHARS)
@@ -221,37 +220,39 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     call.log.status = response.status_code
     call.log.ttfb_ms = call.elapsed_ms()
     call.log.overhead_ms = call.overhead_ms()
-    out = StreamingHttpResponse(_relay(call, response, chunks, splitter, relay, first, adapter, api_key, body),
+    out = StreamingHttpResponse(_relay(call, response, events, relay, first, adapter, api_key, body),
                                 content_type="text/event-stream", headers=SSE_HEADERS)
     _set_headers(out, call, target)
     return out
 
 
-async def _first_events(chunks, splitter: EventSplitter, relay) -> list[bytes]:
-    """Read until the first event the client should see: until then a failure can still be retried."""
-    out = []
-    async for chunk in chunks:
+async def _upstream_events(response):
+    """The upstream's SSE events, one at a time, as they arrive."""
+    splitter = EventSplitter()
+    async for chunk in response.aiter_raw():
         for event in splitter.feed(chunk):
-            relayed = relay.relay(event)
-            if relayed:
-                out.append(relayed)
-        if out:
-            return out
+            yield event
+
+
+async def _first_event(events, relay) -> bytes:
+    """Read up to the first event the client should see: until then a failure can still be retried."""
+    async for event in events:
+        relayed = relay.relay(event)
+        if relayed:
+            return relayed
     raise httpx.RemoteProtocolError("upstream closed the stream before sending an event")
 
 
-async def _relay(call: Call, response, chunks, splitter, relay, first, adapter, api_key, body):
+async def _relay(call: Call, response, events, relay, first, adapter, api_key, body):
     """Pass upstream events to the client as they arrive; end with an error event on failure."""
     deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT_S
     error: GatewayError | None = None
     try:
-        for event in first:
-            yield event
-        async for chunk in chunks:
-            for event in splitter.feed(chunk):
-                relayed = relay.relay(event)
-                if relayed:
-                    yield relayed
+        yield first
+        async for event in events:
+            relayed = relay.relay(event)
+            if relayed:
+                yield relayed
             if time.monotonic() > deadline:
                 raise TimeoutError("stream exceeded the total time limit")
         if not relay.finished:
@@ -267,6 +268,7 @@ async def _relay(call: Call, response, chunks, splitter, relay, first, adapter, 
                              kind="client_disconnected")
         raise
     finally:
+        await events.aclose()
         await _close(response)
         if relay.usage is not None:
             call.log.usage = relay.usage

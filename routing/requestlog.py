@@ -53,8 +53,8 @@ class LogEntry:
     attempts: int = 0
     usage: Usage | None = None
     # Filled instead of `usage` when it must be worked out later, off the hot path:
-    usage_from: tuple | None = None  # (parser, response bytes)
-    estimate_from: tuple | None = None  # (request body, output text)
+    usage_from: tuple | None = None  # (adapter, response bytes)
+    estimate_from: tuple | None = None  # (request body, output text; None: from usage_from's bytes)
     price: Price | None = None
     error_kind: str = ""
     error_message: str = ""
@@ -164,10 +164,12 @@ def _row(e: LogEntry):
 def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
     usage = e.usage
     if usage is None and e.usage_from is not None:
-        parser, content = e.usage_from
-        usage = parser(content)
+        adapter, content = e.usage_from
+        usage = adapter.usage_from_response(content)
     if usage is None and e.estimate_from is not None:
         body, output_text = e.estimate_from
+        if output_text is None:
+            output_text = adapter.text_from_response(content) if e.usage_from else ""
         model = e.upstream_model or e.model_requested
         return Usage(
             input_tokens=tokens.count_prompt_tokens(body, model),

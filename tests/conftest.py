@@ -158,11 +158,12 @@ def build_live_config(mock_base_url: str) -> None:
     from routing.models import Route, RouteTarget
 
     mock = Provider.objects.create(name="mock", base_url=mock_base_url, timeout_s=5)
-    key = ProviderKey(provider=mock, label="primary")
-    key.set_secret(PROVIDER_SECRET)
-    key.save()
     dead = Provider.objects.create(name="dead", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
     slow = Provider.objects.create(name="slow", base_url=mock_base_url, timeout_s=0.5)
+    for provider in (mock, dead, slow):
+        key = ProviderKey(provider=provider, label="primary")
+        key.set_secret(PROVIDER_SECRET)
+        key.save()
     for model, price in [("gpt-4o-mini", (0.15, 0.60, 0.075)), ("text-embedding-3-small", (0.02, 0, None))]:
         CatalogEntry.objects.create(provider=mock, model_id=model, input_price_per_m=price[0],
                                     output_price_per_m=price[1], cached_input_price_per_m=price[2])

@@ -41,6 +41,21 @@ class OpenAIAdapter:
         return usage_from_dict(usage)
 
     @staticmethod
+    def text_from_response(content: bytes) -> str:
+        """The generated text of a non-streamed response, for a token estimate."""
+        try:
+            choices = json.loads(content).get("choices") or []
+        except (ValueError, AttributeError):
+            return ""
+        parts = []
+        for choice in choices if isinstance(choices, list) else []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+        return "".join(parts)
+
+    @staticmethod
     def error_message(content: bytes) -> str:
         """The human message of an upstream error body, whatever its shape."""
         try:
