@@ -1,6 +1,7 @@
 """Admin for providers, their keys (write-only secrets) and the model catalog."""
 from django import forms
 from django.contrib import admin
+from django.db import models
 
 from .models import CatalogEntry, Provider, ProviderKey
 
@@ -61,6 +62,7 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["type", "enabled"]
     search_fields = ["name", "base_url"]
     list_editable = ["enabled"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ProviderKeyInline, CatalogInline]
 
     @admin.display(description="keys")

@@ -32,6 +32,13 @@ def shared_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> 
     return client
 
 
+async def close_shared_client() -> None:
+    """Close the running loop's client (for loops that end: tests, scripts)."""
+    client = _clients.pop(id(asyncio.get_running_loop()), None)
+    if client is not None:
+        await client.aclose()
+
+
 def is_timeout(exc: BaseException) -> bool:
     """Whether a transport error was a timeout. httpx-aiohttp maps any aiohttp connection
     error (a reset, a refused connect) to httpx.ConnectTimeout, so look at the cause."""

@@ -29,7 +29,6 @@ from .snapshot import Price
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
-FLUSH_EVERY_S = 0.5
 
 
 @dataclass(slots=True)
@@ -88,14 +87,15 @@ class RequestLogQueue:
                 self.flush()
 
     async def _write_forever(self):
-        backoff = FLUSH_EVERY_S
+        every = settings.GATEWAY_LOG_FLUSH_S
+        backoff = every
         while True:
             await asyncio.sleep(backoff)
             if not self.entries:
                 continue
             try:
                 await sync_to_async(self._flush_in_thread, thread_sensitive=False)()
-                backoff = FLUSH_EVERY_S
+                backoff = every
             except Exception as exc:
                 backoff = min(backoff * 2, 10.0)
                 log.warning("request log write failed (%s); %d rows kept, retrying in %.1fs",

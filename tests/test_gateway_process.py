@@ -1,0 +1,144 @@
+"""Process-level properties: no database on the hot path, config propagation, durable logs."""
+import asyncio
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+from django.db import connection
+from django.db.backends import utils as db_utils
+
+from providers.upstream import close_shared_client
+
+from .conftest import FULL_KEY, wait_for_model
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+AUTH = {"Authorization": f"Bearer {FULL_KEY}"}
+
+
+def test_the_hot_path_makes_no_database_query(live, db_access, monkeypatch):
+    """Drive the ASGI app in this process and count every query any thread makes."""
+    from llmgateway.asgi import application
+    from routing import requestlog
+    from routing.snapshot import keeper
+
+    queries = []
+    real_execute = db_utils.CursorWrapper.execute
+
+    def counting_execute(self, sql, params=None):
+        queries.append(sql)
+        return real_execute(self, sql, params)
+
+    keeper.current = keeper._poller = keeper._first_load = None
+    requestlog.queue._writer = None
+
+    async def drive():
+        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            await client.get("/v1/models", headers=AUTH)  # first request builds the snapshot
+            monkeypatch.setattr(db_utils.CursorWrapper, "execute", counting_execute)
+            for _ in range(5):
+                assert (await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 200
+                streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+                assert streamed.text.endswith("data: [DONE]\n\n")
+                assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
+                assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"},
+                                          headers=AUTH)).status_code == 404
+            await asyncio.sleep(0.8)  # let the batched request-log writer run too
+        await close_shared_client()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        keeper.current = keeper._poller = keeper._first_load = None
+        requestlog.queue._writer = None
+    # The batched, off-path log writes are the only statements allowed.
+    assert queries, "the request-log writer should have written the rows"
+    assert all(q.startswith("BEGIN") or "INTO \"routing_requestlog\"" in q for q in queries), queries
+
+
+def test_a_config_change_reaches_every_process_within_two_seconds(live, gateway_factory, db_access):
+    from routing.models import Route
+
+    second = gateway_factory()
+    wait_for_model(second, "gpt-4o-mini")
+    route = Route.objects.get(name="gpt-4o-mini")
+    route.aliases = ["mini", "fresh-alias"]
+    changed = time.monotonic()
+    route.save()
+    try:
+        for gateway in (live, second):
+            wait_for_model(gateway, "fresh-alias", timeout=2 - (time.monotonic() - changed))
+    finally:
+        route.aliases = ["mini"]
+        route.save()
+
+
+def test_sigterm_writes_every_queued_log_row(live, gateway_factory, db_access):
+    from routing.models import RequestLog
+
+    gateway = gateway_factory(GATEWAY_LOG_FLUSH_S="60")  # nothing is written until the stop
+    wait_for_model(gateway, "gpt-4o-mini")
+    ids = [httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH).headers["x-request-id"]
+           for _ in range(20)]
+    time.sleep(0.3)
+    assert RequestLog.objects.filter(request_id__in=ids).count() == 0
+    output = gateway.stop(signal.SIGTERM)
+    assert gateway.proc.returncode is not None
+    assert RequestLog.objects.filter(request_id__in=ids).count() == 20, output
+
+
+def test_a_locked_database_delays_log_rows_but_loses_none(live, db_access):
+    """Hold a write lock on the database while requests go through; the rows arrive afterwards."""
+    from routing.models import RequestLog
+
+    release = threading.Event()
+    locked = threading.Event()
+
+    def hold_lock():
+        if connection.vendor == "sqlite":
+            other = sqlite3.connect(connection.settings_dict["NAME"], timeout=5)
+            other.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(10)
+            other.rollback()
+            other.close()
+        else:
+            import psycopg
+
+            s = connection.settings_dict
+            with psycopg.connect(dbname=s["NAME"], user=s["USER"], password=s["PASSWORD"], host=s["HOST"],
+                                 port=s["PORT"] or 5432) as other:
+                other.execute("LOCK TABLE routing_requestlog IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                release.wait(10)
+                other.rollback()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert locked.wait(5)
+    try:
+        ids = [httpx.post(live.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=10)
+               .headers["x-request-id"] for _ in range(10)]
+        time.sleep(1.5)
+    finally:
+        release.set()
+        holder.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and RequestLog.objects.filter(request_id__in=ids).count() < 10:
+        time.sleep(0.1)
+    assert RequestLog.objects.filter(request_id__in=ids).count() == 10
+
+
+@pytest.mark.django_db
+def test_the_log_queue_counts_what_it_drops():
+    from routing.requestlog import LogEntry, RequestLogQueue
+
+    queue = RequestLogQueue(max_size=3)
+    queue._writer = object()  # no writer task in this test
+    for i in range(5):
+        queue.record(LogEntry(request_id=f"req_{i}", started_at=time.time(), endpoint="chat", status=200))
+    assert (len(queue.entries), queue.dropped) == (3, 2)
+    assert queue.flush() == 3
