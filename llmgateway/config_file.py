@@ -180,7 +180,8 @@ def text(max_length: int | None = None, min_length: int = 0) -> Checker:
         if not isinstance(value, str):
             return _fail(errors, path, f"expected a string, got {_kind(value)}")
         if len(value) < min_length:
-            return _fail(errors, path, "must not be empty" if min_length == 1 else f"must be at least {min_length} characters")
+            too_short = "must not be empty" if min_length == 1 else f"must be at least {min_length} characters"
+            return _fail(errors, path, too_short)
         if max_length is not None and len(value) > max_length:
             return _fail(errors, path, f"must be at most {max_length} characters")
         return value
@@ -443,14 +444,14 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_config(text_: str, environ=None) -> dict:
-    """Parse YAML text, substitute `${VARS}` from `environ` (default os.environ) and validate it.
+def load_config(document: str, environ=None) -> dict:
+    """Parse a YAML document, substitute `${VARS}` from `environ` (default os.environ) and validate it.
 
     Returns the normalized config: only the sections present in the file, every field
     filled in (defaults for omitted ones). Raises ConfigError listing every problem.
     """
     environ = os.environ if environ is None else environ
-    raw = _parse_yaml(text_)
+    raw = _parse_yaml(document)
     errors: list[str] = []
     raw = substitute_env(raw, environ, errors)
     data = _check_top_level(raw, errors)
@@ -460,9 +461,9 @@ def load_config(text_: str, environ=None) -> dict:
     return data
 
 
-def _parse_yaml(text_: str) -> dict:
+def _parse_yaml(document: str) -> dict:
     try:
-        raw = yaml.load(text_, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(document, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -612,21 +613,24 @@ def _check_dependents_outside_file(data, errors):
     """A deletion must not silently change a section the file leaves alone."""
     if isinstance(data.get("providers"), dict) and "models" not in data:
         targets = RouteTarget.objects.exclude(provider__name__in=list(data["providers"]))
-        for provider, route in targets.values_list("provider__name", "route__name").distinct().order_by("provider__name", "route__name"):
-            _fail(errors, "providers", f"provider {provider!r} is not in the file but model {route!r} still targets it"
-                                       " (add a models section or keep the provider)")
-    if isinstance(data.get("models"), dict):
-        kept = list(data["models"])
-        if "virtual_keys" not in data:
-            keys = VirtualKey.allowed_routes.through.objects.filter(virtualkey__is_monitoring=False).exclude(route__name__in=kept)
-            for route, key in keys.values_list("route__name", "virtualkey__name").order_by("route__name", "virtualkey__name"):
-                _fail(errors, "models", f"model {route!r} is not in the file but virtual key {key!r} still allows it"
-                                        " (add a virtual_keys section or keep the model)")
-        if "monitoring" not in data:
-            probes = HealthTarget.objects.exclude(route__name__in=kept)
-            for route, probe in probes.values_list("route__name", "name").order_by("route__name", "name"):
-                _fail(errors, "models", f"model {route!r} is not in the file but health target {probe!r} still probes it"
-                                        " (add a monitoring section or keep the model)")
+        _report_dependents(errors, "provider", targets.values_list("provider__name", "route__name"),
+                           "model {} still targets it", "models")
+    if not isinstance(data.get("models"), dict):
+        return
+    kept = list(data["models"])
+    if "virtual_keys" not in data:
+        allowed = VirtualKey.allowed_routes.through.objects.filter(virtualkey__is_monitoring=False)
+        allowed = allowed.exclude(route__name__in=kept).values_list("route__name", "virtualkey__name")
+        _report_dependents(errors, "model", allowed, "virtual key {} still allows it", "virtual_keys")
+    if "monitoring" not in data:
+        probes = HealthTarget.objects.exclude(route__name__in=kept).values_list("route__name", "name")
+        _report_dependents(errors, "model", probes, "health target {} still probes it", "monitoring")
+
+
+def _report_dependents(errors, kind, pairs, dependent, section):
+    for name, user in sorted(set(pairs)):
+        _fail(errors, f"{kind}s", f"{kind} {name!r} is not in the file but {dependent.format(repr(user))}"
+                                 f" (add a {section} section or keep the {kind})")
 
 
 # ---------------------------------------------------------------------------
@@ -751,7 +755,8 @@ def _apply_provider_keys(provider, keys: list[dict], summary):
 
 
 def _describe_key(provider, label, position) -> str:
-    return f"key {label!r} of provider {provider.name!r}" if label else f"key #{position + 1} of provider {provider.name!r}"
+    which = repr(label) if label else f"#{position + 1}"
+    return f"key {which} of provider {provider.name!r}"
 
 
 def _stored_secret(key) -> str | None:
@@ -881,6 +886,11 @@ def export_config(include_secrets: bool = False) -> dict:
     return _finish(data)
 
 
+def _by_name(queryset) -> list:
+    # Sorted in Python: database collations differ (PostgreSQL may ignore "-"), exports must not.
+    return sorted(queryset, key=lambda obj: obj.name)
+
+
 def _compact(values: dict) -> dict:
     """Leave out empty optional values (null, "", [], {}): omitted fields load as exactly those defaults."""
     return {name: value for name, value in values.items() if value not in (None, "", [], {})}
@@ -902,7 +912,7 @@ def _finish(node):
 def _export_providers(include_secrets: bool) -> dict:
     variables: set[str] = set()
     result = {}
-    for provider in Provider.objects.prefetch_related("keys", "catalog").order_by("name"):
+    for provider in _by_name(Provider.objects.prefetch_related("keys", "catalog")):
         keys = [_export_key(provider, key, include_secrets, variables) for key in provider.keys.all()]
         result[provider.name] = _compact({
             "type": provider.type,
@@ -943,7 +953,7 @@ def _export_catalog_entry(entry) -> dict:
 
 def _export_routes() -> dict:
     result = {}
-    for route in Route.objects.prefetch_related("targets__provider", "prompt_rules").order_by("name"):
+    for route in _by_name(Route.objects.prefetch_related("targets__provider", "prompt_rules")):
         targets = sorted(route.targets.all(), key=lambda t: (t.priority, t.provider.name, t.upstream_model))
         result[route.name] = _compact({
             "aliases": route.aliases,
@@ -970,7 +980,7 @@ def _export_rule(rule) -> dict:
 
 
 def _export_virtual_keys() -> dict:
-    keys = VirtualKey.objects.filter(is_monitoring=False).prefetch_related("allowed_routes").order_by("name")
+    keys = _by_name(VirtualKey.objects.filter(is_monitoring=False).prefetch_related("allowed_routes"))
     return {key.name: _compact({
         "models": sorted(route.name for route in key.allowed_routes.all()),
         "enabled": key.enabled,
@@ -993,7 +1003,7 @@ def _export_time(value: datetime | None) -> str | None:
 def _export_monitoring() -> dict:
     # No MonitoringSettings.load(): exporting must not write.
     settings = MonitoringSettings.objects.filter(pk=1).first() or MonitoringSettings()
-    targets = HealthTarget.objects.select_related("route").order_by("name")
+    targets = _by_name(HealthTarget.objects.select_related("route"))
     return {
         "enabled": settings.enabled,
         "default_interval_s": settings.default_interval_s,
@@ -1012,7 +1022,14 @@ def _represent_str(dumper, value):
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _represent_list(dumper, value):
+    # [mini, gpt-mini] on one line; lists of records stay in block style.
+    flat = all(isinstance(item, (str, int, float)) and "\n" not in str(item) for item in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+
 _Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
 
 
 def export_yaml(include_secrets: bool = False) -> str:
