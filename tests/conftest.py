@@ -160,9 +160,14 @@ def build_live_config(mock_base_url: str) -> None:
     mock = Provider.objects.create(name="mock", base_url=mock_base_url, timeout_s=5)
     dead = Provider.objects.create(name="dead", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)
     slow = Provider.objects.create(name="slow", base_url=mock_base_url, timeout_s=0.5)
-    for provider in (mock, dead, slow):
+    pair = Provider.objects.create(name="mock-pair", base_url=mock_base_url, timeout_s=5)
+    for provider in (mock, dead, slow, pair):
         key = ProviderKey(provider=provider, label="primary")
         key.set_secret(PROVIDER_SECRET)
+        key.save()
+    for label in ("second", "disabled"):
+        key = ProviderKey(provider=pair, label=label, enabled=label != "disabled")
+        key.set_secret(f"{PROVIDER_SECRET}-{label}")
         key.save()
     for model, price in [("gpt-4o-mini", (0.15, 0.60, 0.075)), ("text-embedding-3-small", (0.02, 0, None))]:
         CatalogEntry.objects.create(provider=mock, model_id=model, input_price_per_m=price[0],
@@ -181,6 +186,7 @@ def build_live_config(mock_base_url: str) -> None:
     route("failover", (dead, "gpt-4o-mini"), (mock, "gpt-4o-mini"))
     route("slow", (slow, "gpt-4o-mini"), max_attempts=1)
     route("no-retry", (mock, "gpt-4o-mini"), max_attempts=1)
+    route("two-keys", (pair, "gpt-4o-mini"))
 
     def virtual_key(name, secret, **fields):
         vk = VirtualKey(name=name, **fields)
@@ -209,7 +215,7 @@ def live(gateway, mock_upstream, django_db_blocker):
             Provider.objects.all().delete()
             VirtualKey.objects.all().delete()
             build_live_config(mock_upstream.base_url)
-    wait_for_model(gateway, "no-retry")
+    wait_for_model(gateway, "two-keys")
     mock_upstream.clear()
     return gateway
 

@@ -209,6 +209,14 @@ def test_it_fails_over_to_the_next_target_before_the_first_byte(live, db_access)
     assert wait_for_log(response.headers["x-request-id"]).attempts == 2
 
 
+def test_provider_keys_are_taken_in_turn_skipping_disabled_ones(live, mock_upstream):
+    for _ in range(4):
+        assert post(live, {**CHAT, "model": "two-keys"}).status_code == 200
+    used = [r["api_key"] for r in mock_upstream.requests[-4:]]
+    assert set(used) == {PROVIDER_SECRET, PROVIDER_SECRET + "-second"}
+    assert used[0] != used[1] and used[0] == used[2] and used[1] == used[3]
+
+
 def test_the_provider_key_never_reaches_the_client(live, mock_upstream):
     response = post(live, {**CHAT, "model": "no-retry", "mock": {
         "status": 401, "message": f"Incorrect API key provided: {PROVIDER_SECRET}"}})
