@@ -1,4 +1,4 @@
-"""Tests for configuration as code: llmgateway.config_file and the gateway_config command."""
+"""Tests for configuration as code: the llmgateway.config package and the gateway_config command."""
 import io
 import re
 import stat
@@ -12,8 +12,7 @@ from django.core.management.base import CommandError
 from healthcheck.models import HealthTarget, MonitoringSettings
 from keys.models import VirtualKey
 from keys.secrets import hash_key
-from llmgateway import config_file
-from llmgateway.config_file import ConfigError, apply_config, export_yaml, load_config
+from llmgateway.config import ConfigError, apply_config, export_yaml, load_config, substitute_env
 from providers.models import CatalogEntry, Provider, ProviderKey
 from routing.models import PromptRule, Route, RouteTarget
 
@@ -173,7 +172,7 @@ monitoring:
 def bumps(monkeypatch):
     """Count config version bumps instead of talking to Redis."""
     calls = []
-    monkeypatch.setattr(config_file, "bump_config_version", lambda: calls.append(1))
+    monkeypatch.setattr("llmgateway.config.apply.bump_config_version", lambda: calls.append(1))
     return calls
 
 
@@ -657,11 +656,11 @@ def test_references_resolve_against_the_database_when_a_section_is_absent():
 
 def test_substitution_replaces_variables_and_keeps_escaped_dollar_braces():
     errors = []
-    result = config_file.substitute_env({"a": ["x ${A} y $${A} $$${A}"]}, {"A": "1"}, errors)
+    result = substitute_env({"a": ["x ${A} y $${A} $$${A}"]}, {"A": "1"}, errors)
     assert (result, errors) == ({"a": ["x 1 y ${A} $${A}"]}, [])
 
 
 def test_substitution_names_the_variable_and_the_place():
     errors = []
-    config_file.substitute_env({"models": {"m": {"targets": [{"model": "${MISSING}"}]}}}, {}, errors)
+    substitute_env({"models": {"m": {"targets": [{"model": "${MISSING}"}]}}}, {}, errors)
     assert errors == ["models.m.targets[0].model: environment variable MISSING is not set"]

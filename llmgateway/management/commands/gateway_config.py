@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from llmgateway.config_file import ConfigError, apply_config, export_yaml, load_config
+from llmgateway.config import ConfigError, apply_config, export_yaml, load_config
 
 
 class Command(BaseCommand):
