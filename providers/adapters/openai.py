@@ -95,7 +95,7 @@ def usage_from_dict(usage) -> Usage | None:
 class OpenAIStreamRelay:
     """Passes an OpenAI stream through event by event, noting usage, text and errors."""
 
-    __slots__ = ("client_wants_usage", "usage", "text", "error", "done")
+    __slots__ = ("client_wants_usage", "usage", "text", "error", "done", "_passed")
 
     def __init__(self, client_wants_usage: bool):
         self.client_wants_usage = client_wants_usage
@@ -103,6 +103,26 @@ class OpenAIStreamRelay:
         self.text: list[str] = []  # for a token estimate when the upstream reports no usage
         self.error: str | None = None
         self.done = False
+        self._passed: list[bytes] = []  # relayed events of the batch in hand
+
+    def relay_all(self, events: list[bytes]) -> bytes:
+        """The bytes to send the client for events that arrived together.
+
+        If one of them is malformed, MalformedEvent is raised and `flushed()` still
+        returns the good events before it, so they reach the client ahead of the error.
+        """
+        self._passed = passed = []
+        for event in events:
+            relayed = self.relay(event)
+            if relayed:
+                passed.append(relayed)
+        self._passed = []
+        return b"".join(passed)
+
+    def flushed(self) -> bytes:
+        """Events of an interrupted batch that were fine (see relay_all)."""
+        passed, self._passed = self._passed, []
+        return b"".join(passed)
 
     def relay(self, event: bytes) -> bytes | None:
         """The bytes to send the client for one upstream event (None: send nothing)."""
