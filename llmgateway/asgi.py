@@ -1,9 +1,9 @@
 """The ASGI application Daphne serves.
 
-API paths (/v1 and the OpenAI-compatible path variants) go to a Django handler without
-the middleware stack: every standard middleware costs two thread hops per request, and
-the API uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status
-page) gets the full stack. API requests also pass a body-size guard that counts the
+API paths (/v1 and the OpenAI-compatible path variants) go to a trimmed Django handler
+(llmgateway/apihandler.py) without the middleware stack or per-request threads: the API
+uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status page)
+gets Django's full stack. API requests also pass a body-size guard that counts the
 bytes actually received, so a missing or false Content-Length cannot get around it.
 """
 import os
@@ -14,9 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
-from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
-
+from llmgateway.apihandler import ApiHandler  # noqa: E402
 from llmgateway.bodylimit import BodyLimit  # noqa: E402
 
 site_application = get_asgi_application()
@@ -36,17 +34,6 @@ def api_path(path: str) -> str | None:
     if match:
         return "/v1/" + match.group(1)
     return path if path.startswith("/v1/") else None
-
-
-class ApiHandler(ASGIHandler):
-    """Django's ASGI handler with no middleware."""
-
-    def load_middleware(self, is_async=False):
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        get_response = self._get_response_async if is_async else self._get_response
-        self._middleware_chain = convert_exception_to_response(get_response)
 
 
 class Dispatcher:
