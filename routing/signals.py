@@ -1,6 +1,4 @@
 """Every saved or deleted piece of configuration bumps the config version after commit."""
-import threading
-
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
@@ -13,20 +11,10 @@ from .snapshot import bump_config_version
 CONFIG_MODELS = (Provider, ProviderKey, CatalogEntry, Route, RouteTarget, PromptRule, VirtualKey)
 
 
-_pending = threading.local()
-
-
 def _on_change(sender, **kwargs):
-    # One bump per transaction, however many rows it touched.
-    if getattr(_pending, "scheduled", False):
-        return
-    _pending.scheduled = True
-
-    def bump():
-        _pending.scheduled = False
-        bump_config_version()
-
-    transaction.on_commit(bump)
+    # After commit, so processes never rebuild from a state that may still roll back;
+    # a rolled-back change schedules nothing.
+    transaction.on_commit(bump_config_version)
 
 
 for model in CONFIG_MODELS:

@@ -142,3 +142,21 @@ def test_the_log_queue_counts_what_it_drops():
         queue.record(LogEntry(request_id=f"req_{i}", started_at=time.time(), endpoint="chat", status=200))
     assert (len(queue.entries), queue.dropped) == (3, 2)
     assert queue.flush() == 3
+
+
+def test_a_rolled_back_change_does_not_stop_later_bumps(db_access):
+    """A config change inside a transaction that rolls back must not swallow the next bump."""
+    from django.db import transaction
+
+    from llmgateway.redis import sync_client
+    from routing.models import Route
+    from routing.snapshot import VERSION_KEY
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            Route.objects.create(name="rolled-back")
+            raise RuntimeError
+    before = int(sync_client().get(VERSION_KEY) or 0)
+    route = Route.objects.create(name="committed")
+    route.delete()
+    assert int(sync_client().get(VERSION_KEY)) >= before + 2
