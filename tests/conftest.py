@@ -40,7 +40,19 @@ def django_db_setup(django_test_environment, django_db_blocker, django_db_modify
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     yield
     with django_db_blocker.unblock():
+        _disconnect_others()
         teardown_databases(config, verbosity=0)
+
+
+def _disconnect_others():
+    """PostgreSQL won't drop a database in use: end what worker threads of in-process tests
+    and stopped gateways may have left connected."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(scope="session", autouse=True)
