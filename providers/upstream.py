@@ -1,5 +1,6 @@
 """The shared upstream HTTP client: one pooled httpx.AsyncClient per process and event loop."""
 import asyncio
+import atexit
 import logging
 
 import aiohttp
@@ -8,6 +9,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 _clients: dict[int, httpx.AsyncClient] = {}
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
 
 # Generous pool: a gateway process holds one connection per in-flight upstream request.
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
@@ -29,14 +31,31 @@ def shared_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> 
     client = _clients.get(loop_id)
     if client is None:
         client = _clients[loop_id] = make_client(transport, connect_timeout)
+        _loops[loop_id] = asyncio.get_running_loop()
     return client
 
 
 async def close_shared_client() -> None:
     """Close the running loop's client (for loops that end: tests, scripts)."""
-    client = _clients.pop(id(asyncio.get_running_loop()), None)
+    loop_id = id(asyncio.get_running_loop())
+    _loops.pop(loop_id, None)
+    client = _clients.pop(loop_id, None)
     if client is not None:
         await client.aclose()
+
+
+@atexit.register
+def _close_at_exit():
+    """Close pooled connections on a graceful stop, rather than leave them to the
+    garbage collector (which logs every unclosed aiohttp session as an error)."""
+    for loop_id, client in list(_clients.items()):
+        loop = _loops.pop(loop_id)
+        if not loop.is_closed() and not loop.is_running():
+            try:
+                loop.run_until_complete(client.aclose())
+            except Exception:  # exiting anyway
+                pass
+        del _clients[loop_id]
 
 
 def is_timeout(exc: BaseException) -> bool:

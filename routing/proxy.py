@@ -20,7 +20,6 @@ from llmgateway.errors import (
     UpstreamTimeout, UpstreamUnavailable,
 )
 from providers.adapters import ADAPTERS
-from providers.adapters.base import MalformedEvent
 from providers.sse import EventSplitter
 from providers.upstream import is_timeout, shared_client
 
@@ -196,7 +195,7 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     except GatewayError:
         await _close(response)
         raise
-    except (httpx.HTTPError, TimeoutError, OSError, MalformedEvent) as exc:
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         await _close(response)
         raise _transport_error(exc, provider) from None
     finally:
@@ -206,7 +205,7 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
         await response.aclose()
         call.log.status = response.status_code
         call.log.usage_from = (adapter, content)
-        call.log.estimate_from = (body, None)
+        call.log.estimate_from = (body, lambda: adapter.text_from_response(content))
         if call.key.log_bodies:
             call.log.response_body = truncated_json(content.decode("utf-8", "replace"),
                                                     settings.GATEWAY_LOG_BODY_MAX_CHARS)
@@ -264,9 +263,9 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key, 
             raise httpx.RemoteProtocolError("upstream ended the stream without finishing it")
         if relay.error:
             error = UpstreamStreamError(_scrub(relay.error, api_key), kind="upstream_stream_error")
-    except (httpx.HTTPError, TimeoutError, OSError, MalformedEvent) as exc:
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         error = UpstreamStreamError(_stream_failure(exc))
-        yield relay.flushed() + adapter.error_event(error.message, error.type, error.code)
+        yield adapter.error_event(error.message, error.type, error.code)
     except (asyncio.CancelledError, GeneratorExit):
         # The client left: closing the upstream response below cancels the upstream request.
         error = GatewayError("Client closed the connection before the stream ended.", status=499,
@@ -278,9 +277,9 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key, 
         if relay.usage is not None:
             call.log.usage = relay.usage
         else:
-            call.log.estimate_from = (body, "".join(relay.text))
+            call.log.estimate_from = (body, relay.output_text)
         if call.key.log_bodies:
-            call.log.response_body = truncated_json("".join(relay.text), settings.GATEWAY_LOG_BODY_MAX_CHARS)
+            call.log.response_body = truncated_json(relay.output_text(), settings.GATEWAY_LOG_BODY_MAX_CHARS)
         if error is not None:
             call.fail(error)
         else:
@@ -288,8 +287,6 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key, 
 
 
 def _stream_failure(exc: BaseException) -> str:
-    if isinstance(exc, MalformedEvent):
-        return f"The upstream stream broke: {exc}."
     if is_timeout(exc):
         return "The upstream stream stalled and timed out."
     return "The upstream connection was lost mid-stream."
@@ -301,9 +298,6 @@ def _client_wants_usage(body: dict) -> bool:
 
 
 def _transport_error(exc: BaseException, provider: ProviderEntry) -> GatewayError:
-    if isinstance(exc, MalformedEvent):
-        return UpstreamUnavailable(f"Upstream provider '{provider.name}' sent a malformed stream.",
-                                   code="upstream_malformed")
     if is_timeout(exc):
         return UpstreamTimeout(f"Upstream provider '{provider.name}' did not answer in time.")
     return UpstreamUnavailable(f"Upstream provider '{provider.name}' could not be reached.")

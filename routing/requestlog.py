@@ -53,7 +53,7 @@ class LogEntry:
     usage: Usage | None = None
     # Filled instead of `usage` when it must be worked out later, off the hot path:
     usage_from: tuple | None = None  # (adapter, response bytes)
-    estimate_from: tuple | None = None  # (request body, output text; None: from usage_from's bytes)
+    estimate_from: tuple | None = None  # (request body, function returning the output text)
     price: Price | None = None
     error_kind: str = ""
     error_message: str = ""
@@ -168,12 +168,10 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
         usage = adapter.usage_from_response(content)
     if usage is None and e.estimate_from is not None:
         body, output_text = e.estimate_from
-        if output_text is None:
-            output_text = adapter.text_from_response(content) if e.usage_from else ""
         model = e.upstream_model or e.model_requested
         return Usage(
             input_tokens=tokens.count_prompt_tokens(body, model),
-            output_tokens=tokens.count_completion_tokens(output_text, model),
+            output_tokens=tokens.count_completion_tokens(output_text(), model),
         ), True
     return usage, False
 

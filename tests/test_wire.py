@@ -233,7 +233,6 @@ def stream_events(gateway, body, key=FULL_KEY):
 
 @pytest.mark.parametrize("fault, kind", [
     ({"chunks_then_drop": 3}, "stream_cut"),
-    ({"malformed_at": 3}, "stream_cut"),
     ({"stall_after": 3}, "stream_cut"),
 ])
 def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_event(live, db_access, mock_upstream, fault, kind):
@@ -248,6 +247,14 @@ def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_event(live
     row = wait_for_log(response.headers["x-request-id"])
     assert (row.status, row.error_kind, row.attempts) == (502, kind, 1)
     assert len([r for r in mock_upstream.requests if r["path"] == "/v1/chat/completions"]) == 1  # no retry
+
+
+def test_a_malformed_event_is_relayed_untouched(live, db_access):
+    """Same protocol in and out: the gateway passes content events on unparsed."""
+    response, events = stream_events(live, {**CHAT, "model": "no-retry", "mock": {"chunks": 5, "malformed_at": 3}})
+    assert any(e.startswith('{"broken"') for e in events)
+    assert events[-1] == "[DONE]"
+    assert wait_for_log(response.headers["x-request-id"]).status == 200
 
 
 def test_a_client_that_disconnects_cancels_the_upstream(live, mock_upstream, db_access):

@@ -1,8 +1,49 @@
-"""ASGI entry point: `daphne reference_relay.asgi:application`, run from bench/."""
+"""ASGI entry point: `daphne reference_relay.asgi:application`, run from bench/.
+
+Like for like: the gateway serves /v1 through its trimmed Django handler
+(llmgateway/apihandler.py: no middleware, no per-request thread), so the reference does
+too. That module is loaded by its file path, which keeps the two in step without
+importing the gateway's package (and its Celery app) into this process; it must only
+import Django. REFERENCE_HANDLER=django serves with Django's stock handler instead, to
+show what the stack costs without that trimming.
+"""
+import importlib.util
+import io
 import os
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reference_relay.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
-application = get_asgi_application()
+GATEWAY_HANDLER = Path(__file__).resolve().parents[2] / "llmgateway" / "apihandler.py"
+
+
+def _trimmed_handler_class():
+    spec = importlib.util.spec_from_file_location("reference_relay.gateway_apihandler", GATEWAY_HANDLER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class ReferenceHandler(module.ApiHandler):
+        async def read_body(self, receive):
+            # The gateway's BodyLimit gathers the body before its handler runs; here the
+            # handler gathers it itself, the same way (a list joined once).
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestAborted()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return io.BytesIO(b"".join(chunks))
+
+    return ReferenceHandler
+
+
+django.setup(set_prefix=False)
+if os.environ.get("REFERENCE_HANDLER", "trimmed") == "django":
+    application = ASGIHandler()
+else:
+    application = _trimmed_handler_class()()

@@ -17,9 +17,5 @@ class Usage:
     cached_tokens: int = 0
 
 
-class MalformedEvent(ValueError):
-    """An upstream stream event that is not valid for its protocol."""
-
-
 def as_int(value) -> int:
     return value if isinstance(value, int) and value >= 0 else 0

@@ -7,7 +7,7 @@ the usage-only stream chunk a client did not ask for.
 import json
 
 from ..sse import data_event, event_data
-from .base import MalformedEvent, UpstreamRequest, Usage, as_int
+from .base import UpstreamRequest, Usage, as_int
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 # Streams carry usage only when asked; the gateway always asks, for honest accounting.
@@ -93,36 +93,26 @@ def usage_from_dict(usage) -> Usage | None:
 
 
 class OpenAIStreamRelay:
-    """Passes an OpenAI stream through event by event, noting usage, text and errors."""
+    """Passes an OpenAI stream through as it arrives, reading only what accounting needs.
 
-    __slots__ = ("client_wants_usage", "usage", "text", "error", "done", "_passed")
+    Content events go out untouched and unparsed: decoding every token costs several
+    times more than relaying it. Only events that carry usage or an error are decoded.
+    The content events' data is kept so that, if the upstream never reports usage, the
+    log writer can estimate tokens from the text later, off the hot path.
+    """
+
+    __slots__ = ("client_wants_usage", "usage", "error", "done", "_content")
 
     def __init__(self, client_wants_usage: bool):
         self.client_wants_usage = client_wants_usage
         self.usage: Usage | None = None
-        self.text: list[str] = []  # for a token estimate when the upstream reports no usage
         self.error: str | None = None
         self.done = False
-        self._passed: list[bytes] = []  # relayed events of the batch in hand
+        self._content: list[bytes] = []
 
     def relay_all(self, events: list[bytes]) -> bytes:
-        """The bytes to send the client for events that arrived together.
-
-        If one of them is malformed, MalformedEvent is raised and `flushed()` still
-        returns the good events before it, so they reach the client ahead of the error.
-        """
-        self._passed = passed = []
-        for event in events:
-            relayed = self.relay(event)
-            if relayed:
-                passed.append(relayed)
-        self._passed = []
-        return b"".join(passed)
-
-    def flushed(self) -> bytes:
-        """Events of an interrupted batch that were fine (see relay_all)."""
-        passed, self._passed = self._passed, []
-        return b"".join(passed)
+        """The bytes to send the client for events that arrived together."""
+        return b"".join(relayed for event in events if (relayed := self.relay(event)) is not None)
 
     def relay(self, event: bytes) -> bytes | None:
         """The bytes to send the client for one upstream event (None: send nothing)."""
@@ -132,12 +122,19 @@ class OpenAIStreamRelay:
         if data == b"[DONE]":
             self.done = True
             return event
+        if b'"usage":{' in data or b'"usage": {' in data or b'"error"' in data:
+            return self._inspect(event, data)
+        self._content.append(data)
+        return event
+
+    def _inspect(self, event: bytes, data: bytes) -> bytes | None:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise MalformedEvent("upstream sent an event that is not valid JSON") from None
-        if not isinstance(chunk, dict):
-            raise MalformedEvent("upstream sent an event that is not a JSON object")
+            chunk = None
+        if not isinstance(chunk, dict):  # not ours to judge: relayed like any other event
+            self._content.append(data)
+            return event
         if "error" in chunk:
             error = chunk["error"]
             self.error = str(error.get("message") if isinstance(error, dict) else error)
@@ -148,12 +145,26 @@ class OpenAIStreamRelay:
             if not self.client_wants_usage and not choices:
                 return None
         if choices:
-            for choice in choices:
+            self._content.append(data)
+        return event
+
+    def output_text(self) -> str:
+        """The generated text so far (decodes the kept events: call it off the hot path)."""
+        parts = []
+        for data in self._content:
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                if not isinstance(choice, dict):
+                    continue
                 delta = choice.get("delta")
                 piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
                 if isinstance(piece, str):
-                    self.text.append(piece)
-        return event
+                    parts.append(piece)
+        return "".join(parts)
 
     @property
     def finished(self) -> bool:
