@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -59,7 +59,6 @@ class LogEntry:
     error_message: str = ""
     request_body: str = ""
     response_body: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class RequestLogQueue:
