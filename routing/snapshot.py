@@ -147,10 +147,7 @@ def build_snapshot(version: str = "") -> Snapshot:
                         priority=t.priority, weight=t.weight, price=prices.get((t.provider_id, t.upstream_model)))
             for t in r.targets.all() if t.enabled and t.provider_id in providers
         )
-        rules = tuple(
-            RuleEntry(operation=rule.operation, pattern=_compile(rule.pattern), text=rule.text)
-            for rule in r.prompt_rules.all() if rule.enabled
-        )
+        rules = tuple(entry for rule in r.prompt_rules.all() if rule.enabled and (entry := _rule_entry(rule)))
         entry = RouteEntry(
             id=r.pk, name=r.name, aliases=tuple(r.aliases or ()), strategy=r.strategy, max_attempts=r.max_attempts,
             retry_on_status=frozenset(r.retry_on_status or ()), cooldown_s=r.cooldown_s, targets=targets,
@@ -168,14 +165,16 @@ def build_snapshot(version: str = "") -> Snapshot:
                     routes_by_name=MappingProxyType(by_name), routes=tuple(routes))
 
 
-def _compile(pattern: str) -> re.Pattern | None:
-    if not pattern:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error:
-        log.error("prompt rule pattern %r does not compile; rule skipped", pattern)
-        return None
+def _rule_entry(rule) -> RuleEntry | None:
+    """The rule, or None (logged) when its pattern does not compile."""
+    pattern = None
+    if rule.pattern:
+        try:
+            pattern = re.compile(rule.pattern)
+        except re.error:
+            log.error("prompt rule %s: pattern %r does not compile; rule skipped", rule.pk, rule.pattern)
+            return None
+    return RuleEntry(operation=rule.operation, pattern=pattern, text=rule.text)
 
 
 def bump_config_version() -> None:
