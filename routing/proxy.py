@@ -24,7 +24,7 @@ from providers.sse import EventSplitter
 from providers.upstream import is_timeout, shared_client
 
 from . import requestlog
-from .requestlog import LogEntry, truncated_json
+from .requestlog import LogEntry
 from .resolve import find_route, order_targets
 from .rules import apply_rules
 from .snapshot import ProviderEntry, RouteEntry, Snapshot, TargetEntry
@@ -77,8 +77,8 @@ class Call:
         self.log.latency_ms = self.elapsed_ms()
         if self.log.overhead_ms is None:
             self.log.overhead_ms = self.overhead_ms()
-        if self.body is not None and self.key is not None and self.key.log_bodies and not self.log.request_body:
-            self.log.request_body = truncated_json(self.body, settings.GATEWAY_LOG_BODY_MAX_CHARS)
+        self.log.body = self.body
+        self.log.log_bodies = self.key is not None and self.key.log_bodies
         requestlog.queue.record(self.log)
 
 
@@ -113,7 +113,7 @@ async def handle(request, snapshot: Snapshot, call: Call, endpoint: str):
     call.log.model_requested = model
     route = find_route(snapshot, model, call.key)
     call.log.route = route.name
-    body = apply_rules(body, route.rules)
+    body = call.body = apply_rules(body, route.rules)  # logged as it goes upstream
     stream = body.get("stream") is True and endpoint in STREAMING
     call.log.stream = stream
     targets = order_targets(route)
@@ -201,14 +201,12 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     finally:
         call.upstream_s += time.perf_counter() - sent
 
+    # The log writer reads usage (or estimates it) from the answer, in its own process.
+    call.log.adapter = provider.type
     if not stream:
         await response.aclose()
         call.log.status = response.status_code
-        call.log.usage_from = (adapter, content)
-        call.log.estimate_from = (body, lambda: adapter.text_from_response(content))
-        if call.key.log_bodies:
-            call.log.response_body = truncated_json(content.decode("utf-8", "replace"),
-                                                    settings.GATEWAY_LOG_BODY_MAX_CHARS)
+        call.log.response = content
         call.log.ttfb_ms = call.elapsed_ms()
         call.log.overhead_ms = call.overhead_ms()
         out = HttpResponse(content, status=response.status_code, content_type="application/json")
@@ -219,7 +217,7 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     call.log.status = response.status_code
     call.log.ttfb_ms = call.elapsed_ms()
     call.log.overhead_ms = call.overhead_ms()
-    out = StreamingHttpResponse(_relay(call, response, batches, relay, first, adapter, api_key, body),
+    out = StreamingHttpResponse(_relay(call, response, batches, relay, first, adapter, api_key),
                                 content_type="text/event-stream", headers=SSE_HEADERS)
     _set_headers(out, call, target)
     return out
@@ -243,7 +241,7 @@ async def _first_event(batches, relay) -> bytes:
     raise httpx.RemoteProtocolError("upstream closed the stream before sending an event")
 
 
-async def _relay(call: Call, response, batches, relay, first, adapter, api_key, body):
+async def _relay(call: Call, response, batches, relay, first, adapter, api_key):
     """Pass upstream events to the client as they arrive; end with an error event on failure.
 
     Events that arrived together go out together: one write to the client per upstream
@@ -274,12 +272,8 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key, 
     finally:
         await batches.aclose()
         await _close(response)
-        if relay.usage is not None:
-            call.log.usage = relay.usage
-        else:
-            call.log.estimate_from = (body, relay.output_text)
-        if call.key.log_bodies:
-            call.log.response_body = truncated_json(relay.output_text(), settings.GATEWAY_LOG_BODY_MAX_CHARS)
+        call.log.usage = relay.usage
+        call.log.stream_data = relay.content_data
         if error is not None:
             call.fail(error)
         else:

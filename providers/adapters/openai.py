@@ -56,6 +56,25 @@ class OpenAIAdapter:
         return "".join(parts)
 
     @staticmethod
+    def text_from_events(datas: list[bytes]) -> str:
+        """The generated text of a stream, from its content events' data, for a token estimate."""
+        parts = []
+        for data in datas:
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(piece, str):
+                    parts.append(piece)
+        return "".join(parts)
+
+    @staticmethod
     def error_message(content: bytes) -> str:
         """The human message of an upstream error body, whatever its shape."""
         try:
@@ -97,8 +116,8 @@ class OpenAIStreamRelay:
 
     Content events go out untouched and unparsed: decoding every token costs several
     times more than relaying it. Only events that carry usage or an error are decoded.
-    The content events' data is kept so that, if the upstream never reports usage, the
-    log writer can estimate tokens from the text later, off the hot path.
+    The content events' data is kept (`content_data`) so that, if the upstream never
+    reports usage, the log writer can estimate tokens from the text later, in its own process.
     """
 
     __slots__ = ("client_wants_usage", "usage", "error", "done", "_content")
@@ -148,23 +167,10 @@ class OpenAIStreamRelay:
             self._content.append(data)
         return event
 
-    def output_text(self) -> str:
-        """The generated text so far (decodes the kept events: call it off the hot path)."""
-        parts = []
-        for data in self._content:
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
-            choices = chunk.get("choices") if isinstance(chunk, dict) else None
-            for choice in choices if isinstance(choices, list) else ():
-                if not isinstance(choice, dict):
-                    continue
-                delta = choice.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(piece, str):
-                    parts.append(piece)
-        return "".join(parts)
+    @property
+    def content_data(self) -> list[bytes]:
+        """The data of the content events so far, for `text_from_events` (off the hot path)."""
+        return self._content
 
     @property
     def finished(self) -> bool:
