@@ -52,20 +52,21 @@ def key_entry(vk, allowed_route_ids) -> KeyEntry:
     )
 
 
-def presented_key(headers) -> str | None:
-    """The key from `Authorization: Bearer …`, `api-key` or `x-api-key`."""
-    auth = headers.get("authorization")
+def presented_key(meta) -> str | None:
+    """The key from `Authorization: Bearer …`, `api-key` or `x-api-key`, read from the
+    request's META (request.headers would build a whole header map for this)."""
+    auth = meta.get("HTTP_AUTHORIZATION")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
         return None
-    return headers.get("api-key") or headers.get("x-api-key") or None
+    return meta.get("HTTP_API_KEY") or meta.get("HTTP_X_API_KEY") or None
 
 
-def authenticate(headers, keys_by_hash: dict[str, KeyEntry], now: float | None = None) -> KeyEntry:
+def authenticate(meta, keys_by_hash: dict[str, KeyEntry], now: float | None = None) -> KeyEntry:
     """The key entry for the request's credentials, or raise AuthenticationFailed."""
-    plaintext = presented_key(headers)
+    plaintext = presented_key(meta)
     if plaintext is None:
         raise AuthenticationFailed(
             "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header)."

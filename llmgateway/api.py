@@ -11,7 +11,7 @@ from routing.api import router
 from routing.proxy import Call
 from routing.snapshot import keeper
 
-from .bodylimit import TOO_LARGE
+from .apihandler import TOO_LARGE
 from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, openai_error_body
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class VirtualKeyAuth:
         if limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         request.auth_snapshot = snapshot = await keeper.get()
-        call.key = key = authenticate(request.headers, snapshot.keys_by_hash)
+        call.key = key = authenticate(request.META, snapshot.keys_by_hash)
         call.log.virtual_key_id = key.id
         return key
 

@@ -11,6 +11,10 @@ thread-sensitive context and never touches the database, so this handler:
   the event-loop thread has none);
 - closes the response inline (its request_finished receivers find nothing to close).
 
+It also guards the size of request bodies, counting the bytes actually received, so a
+missing or false Content-Length cannot get around it. Past the limit the view gets an
+empty body and `request.scope[TOO_LARGE]`, and answers 413 in the client's protocol.
+
 Everything else is Django's: request objects, URL resolution, views, disconnect handling.
 """
 import asyncio
@@ -22,7 +26,19 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
 
+TOO_LARGE = "gateway.body_too_large"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
 class ApiHandler(ASGIHandler):
+    def __init__(self, body_limit: int | None = None, urlconf: str | None = None):
+        super().__init__()
+        self.body_limit = body_limit
+        self.urlconf = urlconf  # the API's own URLs: resolved without trying the site's first
+
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
@@ -33,23 +49,43 @@ class ApiHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         await self.handle(scope, receive, send)
 
-    async def read_body(self, receive):
-        # llmgateway.bodylimit.BodyLimit has already gathered the body into one message.
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestAborted()
-        return io.BytesIO(message.get("body", b""))
+    async def read_body(self, receive, size: int = 0):
+        """The whole body in memory (API bodies are JSON), up to the limit."""
+        limit = self.body_limit
+        chunks = []
+        while limit is None or size <= limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if limit is not None and size > limit:
+            raise BodyTooLarge()
+        return io.BytesIO(b"".join(chunks))
+
+    async def listen_for_disconnect(self, receive):
+        while True:  # what is left of a body past the limit arrives here first: ignored
+            if (await receive())["type"] == "http.disconnect":
+                raise RequestAborted()
 
     async def handle(self, scope, receive, send):
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.read_body(receive, size=self._declared_excess(scope))
         except RequestAborted:
             return
+        except BodyTooLarge:
+            scope = {**scope, TOO_LARGE: self.body_limit}
+            body_file = io.BytesIO()
         set_script_prefix(get_script_prefix(scope))
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             await self.send_response(error_response, send)
             return
+        if self.urlconf:
+            request.urlconf = self.urlconf
 
         async def process_request():
             response = await self.run_get_response(request)
@@ -77,3 +113,11 @@ class ApiHandler(ASGIHandler):
                     pass
         if not processor.cancelled() and processor.exception() is None:
             processor.result().close()
+
+    def _declared_excess(self, scope) -> int:
+        """Past the limit already if Content-Length says so (or is not a number)."""
+        if self.body_limit is not None:
+            for name, value in scope["headers"]:
+                if name == b"content-length" and (not value.isdigit() or int(value) > self.body_limit):
+                    return self.body_limit + 1
+        return 0

@@ -3,19 +3,17 @@
 API paths (/v1 and the OpenAI-compatible path variants) go to a trimmed Django handler
 (llmgateway/apihandler.py) without the middleware stack or per-request threads: the API
 uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status page)
-gets Django's full stack. API requests also pass a body-size guard that counts the
-bytes actually received, so a missing or false Content-Length cannot get around it.
+gets Django's full stack. Daphne serves this application as it is: every route here is
+HTTP, so Channels' protocol router would only add a layer to every request.
 """
 import os
 import re
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 from llmgateway.apihandler import ApiHandler  # noqa: E402
-from llmgateway.bodylimit import BodyLimit  # noqa: E402
 
 site_application = get_asgi_application()
 
@@ -38,7 +36,7 @@ def api_path(path: str) -> str | None:
 
 class Dispatcher:
     def __init__(self):
-        self.api = BodyLimit(ApiHandler(), settings.GATEWAY_MAX_BODY_BYTES)
+        self.api = ApiHandler(body_limit=settings.GATEWAY_MAX_BODY_BYTES, urlconf="llmgateway.api_urls")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -46,8 +44,8 @@ class Dispatcher:
             if path is not None:
                 if path != scope["path"]:
                     scope = {**scope, "path": path, "raw_path": path.encode()}
-                return await self.api(scope, receive, send)
+                return await self.api.handle(scope, receive, send)
         return await site_application(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": Dispatcher()})
+application = Dispatcher()

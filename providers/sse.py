@@ -11,18 +11,29 @@ class EventSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by `chunk`."""
+        return split_events(self.feed_block(chunk))
+
+    def feed_block(self, chunk: bytes) -> bytes:
+        """The events completed by `chunk`, as one block of bytes (b"" if none)."""
         buffer = self._buffer + chunk if self._buffer else chunk
         if b"\r" in buffer:  # CRLF streams; a pair split across chunks meets again here
             buffer = buffer.replace(b"\r\n", b"\n")
-        if b"\n\n" not in buffer:
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
             self._buffer = buffer
-            return []
-        *events, self._buffer = buffer.split(b"\n\n")
-        return [event + b"\n\n" for event in events if event.strip()]
+            return b""
+        self._buffer = buffer[end + 2:]
+        return buffer[:end + 2]
 
     def pending(self) -> bytes:
         """Bytes of an event that has not been closed yet."""
         return self._buffer
+
+
+def split_events(block: bytes) -> list[bytes]:
+    """The events of a block of whole events, each with its closing blank line."""
+    return [event + b"\n\n" for event in block.split(b"\n\n") if event.strip()]
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -20,7 +20,6 @@ from llmgateway.errors import (
     UpstreamTimeout, UpstreamUnavailable,
 )
 from providers.adapters import ADAPTERS
-from providers.sse import EventSplitter
 from providers.upstream import is_timeout, shared_client
 
 from . import requestlog
@@ -187,9 +186,9 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
                     headers=_retry_after(response),
                 )
             if stream:
-                batches = _upstream_events(response)
+                chunks = response.aiter_raw()
                 relay = adapter.stream_relay(_client_wants_usage(body))
-                first = await _first_event(batches, relay)
+                first = await _first_event(chunks, relay)
             else:
                 content = await response.aread()
     except GatewayError:
@@ -217,31 +216,22 @@ async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, tar
     call.log.status = response.status_code
     call.log.ttfb_ms = call.elapsed_ms()
     call.log.overhead_ms = call.overhead_ms()
-    out = StreamingHttpResponse(_relay(call, response, batches, relay, first, adapter, api_key),
+    out = StreamingHttpResponse(_relay(call, response, chunks, relay, first, adapter, api_key),
                                 content_type="text/event-stream", headers=SSE_HEADERS)
     _set_headers(out, call, target)
     return out
 
 
-async def _upstream_events(response):
-    """The upstream's SSE events, in the batches in which they arrive."""
-    splitter = EventSplitter()
-    async for chunk in response.aiter_raw():
-        events = splitter.feed(chunk)
-        if events:
-            yield events
-
-
-async def _first_event(batches, relay) -> bytes:
+async def _first_event(chunks, relay) -> bytes:
     """Read up to the first event the client should see: until then a failure can still be retried."""
-    async for events in batches:
-        relayed = relay.relay_all(events)
+    async for chunk in chunks:
+        relayed = relay.feed(chunk)
         if relayed:
             return relayed
     raise httpx.RemoteProtocolError("upstream closed the stream before sending an event")
 
 
-async def _relay(call: Call, response, batches, relay, first, adapter, api_key):
+async def _relay(call: Call, response, chunks, relay, first, adapter, api_key):
     """Pass upstream events to the client as they arrive; end with an error event on failure.
 
     Events that arrived together go out together: one write to the client per upstream
@@ -251,8 +241,8 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key):
     error: GatewayError | None = None
     try:
         yield first
-        async for events in batches:
-            relayed = relay.relay_all(events)
+        async for chunk in chunks:
+            relayed = relay.feed(chunk)
             if relayed:
                 yield relayed
             if time.monotonic() > deadline:
@@ -270,10 +260,10 @@ async def _relay(call: Call, response, batches, relay, first, adapter, api_key):
                              kind="client_disconnected")
         raise
     finally:
-        await batches.aclose()
+        await chunks.aclose()
         await _close(response)
         call.log.usage = relay.usage
-        call.log.stream_data = relay.content_data
+        call.log.stream_events = relay.content_events
         if error is not None:
             call.fail(error)
         else:

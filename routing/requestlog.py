@@ -16,6 +16,7 @@ Past that, new rows are dropped, counted and reported.
 import atexit
 import json
 import logging
+import operator
 import os
 import pickle
 import struct
@@ -68,11 +69,18 @@ class LogEntry:
     error_message: str = ""
     # What the writer works usage and logged bodies out from, in its own process:
     usage: Usage | None = None  # as a stream reported it
-    adapter: str = ""  # the ADAPTERS key that reads `response` and `stream_data`
+    adapter: str = ""  # the ADAPTERS key that reads `response` and `stream_events`
     response: bytes | None = None  # a non-streamed answer, as the upstream sent it
-    stream_data: list[bytes] | None = None  # the data of a stream's content events
+    stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
     log_bodies: bool = False  # the key's setting: store request and response text
+
+    def __reduce__(self):
+        # Pickled as a plain tuple: the dataclass default looks its fields up for every entry.
+        return LogEntry, _entry_values(self)
+
+
+_entry_values = operator.attrgetter(*LogEntry.__slots__)
 
 
 class RequestLogQueue:
@@ -250,7 +258,7 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
         usage = adapter.usage_from_response(e.response)
         if usage is not None:
             return usage, False
-    if e.body is None or (e.response is None and e.stream_data is None):
+    if e.body is None or (e.response is None and e.stream_events is None):
         return None, False
     model = e.upstream_model or e.model_requested
     return Usage(
@@ -262,7 +270,7 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
 def _output_text(e: LogEntry, adapter) -> str:
     if e.response is not None:
         return adapter.text_from_response(e.response)
-    return adapter.text_from_events(e.stream_data or [])
+    return adapter.text_from_events(e.stream_events or [])
 
 
 def _logged_bodies(e: LogEntry) -> tuple[str, str]:
@@ -270,8 +278,8 @@ def _logged_bodies(e: LogEntry) -> tuple[str, str]:
         return "", ""
     limit = settings.GATEWAY_LOG_BODY_MAX_CHARS
     request = truncated_json(e.body, limit) if e.body is not None else ""
-    if e.stream_data is not None and e.adapter in ADAPTERS:
-        response = truncated_json(ADAPTERS[e.adapter].text_from_events(e.stream_data), limit)
+    if e.stream_events is not None and e.adapter in ADAPTERS:
+        response = truncated_json(ADAPTERS[e.adapter].text_from_events(e.stream_events), limit)
     elif e.response is not None:
         response = truncated_json(e.response.decode("utf-8", "replace"), limit)
     else:

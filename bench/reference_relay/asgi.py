@@ -8,14 +8,12 @@ import Django. REFERENCE_HANDLER=django serves with Django's stock handler inste
 show what the stack costs without that trimming.
 """
 import importlib.util
-import io
 import os
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reference_relay.settings")
 
 import django  # noqa: E402
-from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 GATEWAY_HANDLER = Path(__file__).resolve().parents[2] / "llmgateway" / "apihandler.py"
@@ -26,20 +24,7 @@ def _trimmed_handler_class():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    class ReferenceHandler(module.ApiHandler):
-        async def read_body(self, receive):
-            # The gateway's BodyLimit gathers the body before its handler runs; here the
-            # handler gathers it itself, the same way (a list joined once).
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise RequestAborted()
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return io.BytesIO(b"".join(chunks))
-
-    return ReferenceHandler
+    return module.ApiHandler  # no body limit: the reference has no features
 
 
 django.setup(set_prefix=False)

@@ -6,7 +6,7 @@ the usage-only stream chunk a client did not ask for.
 """
 import json
 
-from ..sse import data_event, event_data
+from ..sse import EventSplitter, data_event, event_data, split_events
 from .base import UpstreamRequest, Usage, as_int
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -56,12 +56,13 @@ class OpenAIAdapter:
         return "".join(parts)
 
     @staticmethod
-    def text_from_events(datas: list[bytes]) -> str:
-        """The generated text of a stream, from its content events' data, for a token estimate."""
+    def text_from_events(blocks: list[bytes]) -> str:
+        """The generated text of a stream, from its content events, for a token estimate."""
         parts = []
-        for data in datas:
+        for event in split_events(b"".join(blocks)):
+            data = event_data(event)
             try:
-                chunk = json.loads(data)
+                chunk = json.loads(data) if data else None
             except ValueError:
                 continue
             choices = chunk.get("choices") if isinstance(chunk, dict) else None
@@ -111,16 +112,23 @@ def usage_from_dict(usage) -> Usage | None:
     )
 
 
+# Events worth decoding: usage (not the `"usage":null` of every chunk), errors, the end.
+_MARKERS = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]")
+
+
 class OpenAIStreamRelay:
     """Passes an OpenAI stream through as it arrives, reading only what accounting needs.
 
     Content events go out untouched and unparsed: decoding every token costs several
-    times more than relaying it. Only events that carry usage or an error are decoded.
-    The content events' data is kept (`content_data`) so that, if the upstream never
-    reports usage, the log writer can estimate tokens from the text later, in its own process.
+    times more than relaying it. A chunk is searched (in C) for the few markers of events
+    that matter: usage, an error, the end. Everything before the first marker goes out as
+    it came; only the events from there on are looked at one by one, and only those with
+    usage or an error are decoded. Content events are kept (`content_events`) so that, if
+    the upstream never reports usage, the log writer can estimate tokens from the text
+    later, in its own process.
     """
 
-    __slots__ = ("client_wants_usage", "usage", "error", "done", "_content")
+    __slots__ = ("client_wants_usage", "usage", "error", "done", "_content", "_splitter")
 
     def __init__(self, client_wants_usage: bool):
         self.client_wants_usage = client_wants_usage
@@ -128,10 +136,24 @@ class OpenAIStreamRelay:
         self.error: str | None = None
         self.done = False
         self._content: list[bytes] = []
+        self._splitter = EventSplitter()
 
-    def relay_all(self, events: list[bytes]) -> bytes:
-        """The bytes to send the client for events that arrived together."""
-        return b"".join(relayed for event in events if (relayed := self.relay(event)) is not None)
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send the client for a chunk read from the upstream (events that
+        arrived together go out together; an event cut in two waits for its end)."""
+        block = self._splitter.feed_block(chunk)
+        if not block:
+            return b""
+        first = min((i for i in map(block.find, _MARKERS) if i >= 0), default=-1)
+        if first < 0:
+            self._content.append(block)
+            return block
+        previous_end = block.rfind(b"\n\n", 0, first)
+        start = previous_end + 2 if previous_end >= 0 else 0  # where the marked event begins
+        head = block[:start]
+        if head:
+            self._content.append(head)
+        return head + b"".join(out for event in split_events(block[start:]) if (out := self.relay(event)))
 
     def relay(self, event: bytes) -> bytes | None:
         """The bytes to send the client for one upstream event (None: send nothing)."""
@@ -143,7 +165,7 @@ class OpenAIStreamRelay:
             return event
         if b'"usage":{' in data or b'"usage": {' in data or b'"error"' in data:
             return self._inspect(event, data)
-        self._content.append(data)
+        self._content.append(event)
         return event
 
     def _inspect(self, event: bytes, data: bytes) -> bytes | None:
@@ -152,7 +174,7 @@ class OpenAIStreamRelay:
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):  # not ours to judge: relayed like any other event
-            self._content.append(data)
+            self._content.append(event)
             return event
         if "error" in chunk:
             error = chunk["error"]
@@ -164,12 +186,12 @@ class OpenAIStreamRelay:
             if not self.client_wants_usage and not choices:
                 return None
         if choices:
-            self._content.append(data)
+            self._content.append(event)
         return event
 
     @property
-    def content_data(self) -> list[bytes]:
-        """The data of the content events so far, for `text_from_events` (off the hot path)."""
+    def content_events(self) -> list[bytes]:
+        """The content events so far (raw SSE), for `text_from_events` (off the hot path)."""
         return self._content
 
     @property

@@ -1,0 +1,89 @@
+"""The OpenAI stream relay: bytes out exactly as they came, usage and errors read, however
+the upstream's reads cut the stream."""
+import json
+
+import pytest
+
+from providers.adapters.openai import OpenAIAdapter, OpenAIStreamRelay
+from providers.sse import EventSplitter
+
+
+def event(payload) -> bytes:
+    return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+
+
+def content(text, usage_null=False):
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}
+    if usage_null:
+        chunk["usage"] = None  # what OpenAI sends on every chunk when include_usage is set
+    return event(chunk)
+
+
+USAGE = event({"id": "c1", "object": "chat.completion.chunk", "choices": [],
+               "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+DONE = b"data: [DONE]\n\n"
+STREAM = content("Hel") + content("lo", usage_null=True) + b": keep-alive\n\n" + content(" you") + USAGE + DONE
+
+
+def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, OpenAIStreamRelay]:
+    relay = OpenAIStreamRelay(client_wants_usage=wants_usage)
+    bounds = [0, *cuts, len(stream)]
+    out = b"".join(relay.feed(stream[a:b]) for a, b in zip(bounds, bounds[1:]))
+    return out, relay
+
+
+@pytest.mark.parametrize("cuts", [
+    [],  # the whole stream in one read
+    [len(content("Hel"))],  # at an event boundary
+    [5, 50, 51, 120],  # inside events
+    list(range(1, len(STREAM))),  # a byte at a time
+    [len(STREAM) - len(DONE) - 10],  # inside the usage event
+])
+def test_the_stream_comes_out_as_it_went_in(cuts):
+    out, relay = relay_in_pieces(STREAM, cuts, wants_usage=True)
+    assert out == STREAM
+    assert relay.usage.input_tokens == 7 and relay.usage.output_tokens == 3
+    assert relay.finished and relay.error is None
+    assert OpenAIAdapter.text_from_events(relay.content_events) == "Hello you"
+
+
+@pytest.mark.parametrize("cuts", [[], [7], list(range(1, len(STREAM)))])
+def test_the_usage_only_chunk_is_dropped_unless_asked_for(cuts):
+    out, relay = relay_in_pieces(STREAM, cuts, wants_usage=False)
+    assert out == STREAM.replace(USAGE, b"")
+    assert relay.usage.output_tokens == 3
+
+
+def test_an_error_event_is_relayed_and_recorded():
+    error = event({"error": {"message": "overloaded", "type": "server_error"}})
+    out, relay = relay_in_pieces(content("a") + error, [], wants_usage=True)
+    assert out == content("a") + error
+    assert relay.error == "overloaded" and relay.finished
+
+
+def test_crlf_streams_are_relayed_with_plain_newlines():
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    out, relay = relay_in_pieces(crlf, [len(content("Hel")) + 1], wants_usage=True)  # cut inside a CRLF pair
+    assert out == STREAM
+    assert relay.done
+
+
+def test_a_stream_without_the_end_is_not_finished():
+    out, relay = relay_in_pieces(content("a") + content("b")[:10], [], wants_usage=True)
+    assert out == content("a")
+    assert not relay.finished
+
+
+def test_content_that_mentions_usage_or_errors_is_only_content():
+    text = 'the "usage":{ "error" of [DONE]'
+    out, relay = relay_in_pieces(content(text) + DONE, [], wants_usage=False)
+    assert out == content(text) + DONE
+    assert relay.usage is None and relay.error is None and relay.done
+    assert OpenAIAdapter.text_from_events(relay.content_events) == text
+
+
+def test_the_splitter_returns_whole_events_only():
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: 1\n\ndata: 2") == [b"data: 1\n\n"]
+    assert splitter.pending() == b"data: 2"
+    assert splitter.feed_block(b"\n\ndata: 3\n\n") == b"data: 2\n\ndata: 3\n\n"
