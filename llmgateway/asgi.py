@@ -13,7 +13,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
 
 from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
-from llmgateway.apihandler import ApiHandler  # noqa: E402
+from llmgateway.apihandler import ApiHandler, settle_heap  # noqa: E402
 
 site_application = get_asgi_application()
 
@@ -49,3 +49,6 @@ class Dispatcher:
 
 
 application = Dispatcher()
+import llmgateway.api_urls  # noqa: E402,F401  (loaded now, so that it is part of the settled heap)
+
+settle_heap()

@@ -19,16 +19,19 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 GATEWAY_HANDLER = Path(__file__).resolve().parents[2] / "llmgateway" / "apihandler.py"
 
 
-def _trimmed_handler_class():
+def _gateway_handler_module():
     spec = importlib.util.spec_from_file_location("reference_relay.gateway_apihandler", GATEWAY_HANDLER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-
-    return module.ApiHandler  # no body limit: the reference has no features
+    return module
 
 
 django.setup(set_prefix=False)
 if os.environ.get("REFERENCE_HANDLER", "trimmed") == "django":
     application = ASGIHandler()
 else:
-    application = _trimmed_handler_class()()
+    handler_module = _gateway_handler_module()
+    application = handler_module.ApiHandler()  # no body limit: the reference has no features
+    # Same runtime tuning as the gateway (like for like); the URLs are loaded first.
+    import reference_relay.urls  # noqa: E402,F401
+    handler_module.settle_heap()
