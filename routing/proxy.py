@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
+import os
 from dataclasses import dataclass
 
 import httpx
@@ -51,7 +51,7 @@ class Call:
     @classmethod
     def begin(cls, request, endpoint: str) -> "Call":
         meta = request.META
-        entry = LogEntry(request_id=f"req_{uuid.uuid4().hex}", started_at=time.time(), endpoint=endpoint,
+        entry = LogEntry(request_id=f"req_{os.urandom(16).hex()}", started_at=time.time(), endpoint=endpoint,
                          client_ip=meta.get("REMOTE_ADDR") or None)
         return cls(log=entry, started=time.perf_counter())
 
@@ -262,7 +262,6 @@ async def _relay(call: Call, response, chunks, relay, first, adapter, api_key):
     finally:
         await chunks.aclose()
         await _close(response)
-        call.log.usage = relay.usage
         call.log.stream_events = relay.content_events
         if error is not None:
             call.fail(error)

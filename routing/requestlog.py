@@ -68,7 +68,7 @@ class LogEntry:
     error_kind: str = ""
     error_message: str = ""
     # What the writer works usage and logged bodies out from, in its own process:
-    usage: Usage | None = None  # as a stream reported it
+    usage: Usage | None = None  # when already known (else read from the answer by the writer)
     adapter: str = ""  # the ADAPTERS key that reads `response` and `stream_events`
     response: bytes | None = None  # a non-streamed answer, as the upstream sent it
     stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
@@ -256,8 +256,12 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
         return None, False
     if e.response is not None:
         usage = adapter.usage_from_response(e.response)
-        if usage is not None:
-            return usage, False
+    elif e.stream_events is not None:
+        usage = adapter.usage_from_events(e.stream_events)
+    else:
+        usage = None
+    if usage is not None:
+        return usage, False
     if e.body is None or (e.response is None and e.stream_events is None):
         return None, False
     model = e.upstream_model or e.model_requested

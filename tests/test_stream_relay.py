@@ -42,7 +42,8 @@ def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[
 def test_the_stream_comes_out_as_it_went_in(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=True)
     assert out == STREAM
-    assert relay.usage.input_tokens == 7 and relay.usage.output_tokens == 3
+    usage = OpenAIAdapter.usage_from_events(relay.content_events)
+    assert (usage.input_tokens, usage.output_tokens) == (7, 3)
     assert relay.finished and relay.error is None
     assert OpenAIAdapter.text_from_events(relay.content_events) == "Hello you"
 
@@ -51,7 +52,7 @@ def test_the_stream_comes_out_as_it_went_in(cuts):
 def test_the_usage_only_chunk_is_dropped_unless_asked_for(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=False)
     assert out == STREAM.replace(USAGE, b"")
-    assert relay.usage.output_tokens == 3
+    assert OpenAIAdapter.usage_from_events(relay.content_events).output_tokens == 3  # still counted
 
 
 def test_an_error_event_is_relayed_and_recorded():
@@ -78,7 +79,8 @@ def test_content_that_mentions_usage_or_errors_is_only_content():
     text = 'the "usage":{ "error" of [DONE]'
     out, relay = relay_in_pieces(content(text) + DONE, [], wants_usage=False)
     assert out == content(text) + DONE
-    assert relay.usage is None and relay.error is None and relay.done
+    assert OpenAIAdapter.usage_from_events(relay.content_events) is None
+    assert relay.error is None and relay.done
     assert OpenAIAdapter.text_from_events(relay.content_events) == text
 
 
@@ -87,3 +89,12 @@ def test_the_splitter_returns_whole_events_only():
     assert splitter.feed(b"data: 1\n\ndata: 2") == [b"data: 1\n\n"]
     assert splitter.pending() == b"data: 2"
     assert splitter.feed_block(b"\n\ndata: 3\n\n") == b"data: 2\n\ndata: 3\n\n"
+
+
+def test_usage_on_a_chunk_with_content_is_relayed_even_unasked():
+    last = event({"choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+    out, relay = relay_in_pieces(content("hi") + last + DONE, [], wants_usage=False)
+    assert out == content("hi") + last + DONE
+    assert OpenAIAdapter.usage_from_events(relay.content_events).output_tokens == 1
+    assert OpenAIAdapter.text_from_events(relay.content_events) == "hi!"

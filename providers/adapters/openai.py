@@ -56,6 +56,17 @@ class OpenAIAdapter:
         return "".join(parts)
 
     @staticmethod
+    def usage_from_events(blocks: list[bytes]) -> Usage | None:
+        """The usage a stream reported (its last usage event), if any."""
+        for event in reversed(split_events(b"".join(blocks))):
+            data = event_data(event)
+            if data and (b'"usage":{' in data or b'"usage": {' in data):
+                usage = OpenAIAdapter.usage_from_response(data)
+                if usage is not None:
+                    return usage
+        return None
+
+    @staticmethod
     def text_from_events(blocks: list[bytes]) -> str:
         """The generated text of a stream, from its content events, for a token estimate."""
         parts = []
@@ -116,23 +127,25 @@ def usage_from_dict(usage) -> Usage | None:
 _MARKERS = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]")
 
 
+def _no_choices(data: bytes) -> bool:
+    return b'"choices":[]' in data or b'"choices": []' in data or b'"choices"' not in data
+
+
 class OpenAIStreamRelay:
     """Passes an OpenAI stream through as it arrives, reading only what accounting needs.
 
     Content events go out untouched and unparsed: decoding every token costs several
     times more than relaying it. A chunk is searched (in C) for the few markers of events
     that matter: usage, an error, the end. Everything before the first marker goes out as
-    it came; only the events from there on are looked at one by one, and only those with
-    usage or an error are decoded. Content events are kept (`content_events`) so that, if
-    the upstream never reports usage, the log writer can estimate tokens from the text
-    later, in its own process.
+    it came; only the events from there on are looked at one by one, and only errors are
+    decoded. Content and usage events are kept (`content_events`): the log writer reads
+    the usage from them, or estimates tokens from the text, later and in its own process.
     """
 
-    __slots__ = ("client_wants_usage", "usage", "error", "done", "_content", "_splitter")
+    __slots__ = ("client_wants_usage", "error", "done", "_content", "_splitter")
 
     def __init__(self, client_wants_usage: bool):
         self.client_wants_usage = client_wants_usage
-        self.usage: Usage | None = None
         self.error: str | None = None
         self.done = False
         self._content: list[bytes] = []
@@ -163,35 +176,29 @@ class OpenAIStreamRelay:
         if data == b"[DONE]":
             self.done = True
             return event
-        if b'"usage":{' in data or b'"usage": {' in data or b'"error"' in data:
-            return self._inspect(event, data)
-        self._content.append(event)
+        if b'"error"' in data:
+            return self._inspect_error(event, data)
+        self._content.append(event)  # usage too: the log writer reads it from there
+        if (b'"usage":{' in data or b'"usage": {' in data) and not self.client_wants_usage and _no_choices(data):
+            return None  # the usage-only chunk the gateway asked for on its own account
         return event
 
-    def _inspect(self, event: bytes, data: bytes) -> bytes | None:
+    def _inspect_error(self, event: bytes, data: bytes) -> bytes:
         try:
             chunk = json.loads(data)
         except ValueError:
             chunk = None
-        if not isinstance(chunk, dict):  # not ours to judge: relayed like any other event
-            self._content.append(event)
-            return event
-        if "error" in chunk:
+        if isinstance(chunk, dict) and "error" in chunk:
             error = chunk["error"]
             self.error = str(error.get("message") if isinstance(error, dict) else error)
-            return event
-        choices = chunk.get("choices")
-        if chunk.get("usage"):
-            self.usage = usage_from_dict(chunk["usage"])
-            if not self.client_wants_usage and not choices:
-                return None
-        if choices:
+        else:  # not ours to judge: relayed like any other event
             self._content.append(event)
         return event
 
     @property
     def content_events(self) -> list[bytes]:
-        """The content events so far (raw SSE), for `text_from_events` (off the hot path)."""
+        """The content and usage events so far (raw SSE), for `usage_from_events` and
+        `text_from_events`, off the hot path."""
         return self._content
 
     @property
