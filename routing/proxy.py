@@ -6,8 +6,8 @@
 import asyncio
 import itertools
 import json
-import time
 import os
+import time
 from dataclasses import dataclass
 
 import httpx
