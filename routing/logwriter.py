@@ -57,7 +57,11 @@ class Writer:
         while True:
             if open_until is None and len(self.pending) < self.max_pending:
                 if self._readable(backoff if self.pending else None):
-                    batch = read_batch(self.source)
+                    try:
+                        batch = read_batch(self.source)
+                    except EOFError:  # the gateway died in the middle of handing a batch over
+                        log.error("request log writer: the last batch arrived cut short; its rows are lost")
+                        batch = None
                     if batch is None:
                         open_until = time.monotonic() + GIVE_UP_AFTER_S
                     else:

@@ -243,7 +243,7 @@ def wait_for_model(gateway, model: str, key: str = FULL_KEY, present: bool = Tru
 
 
 @pytest.fixture
-def db_access(django_db_blocker):
+def db_access(django_db_setup, django_db_blocker):
     """Read what gateway processes wrote, from a test that is not in a transaction."""
     with django_db_blocker.unblock():
         yield

@@ -1,0 +1,89 @@
+"""The request-log writer process, fed by hand the way a gateway process feeds it."""
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.db import connection
+
+from providers.adapters.base import Usage
+from routing.requestlog import LogEntry
+from routing.snapshot import Price
+
+
+def start_writer() -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "routing.logwriter", "--database-name", str(connection.settings_dict["NAME"])],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=settings.BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmgateway.settings"},
+    )
+
+
+def frame(entries) -> bytes:
+    payload = pickle.dumps(entries)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def entry(request_id, **fields) -> LogEntry:
+    return LogEntry(request_id=request_id, started_at=time.time(), endpoint="chat", status=200, **fields)
+
+
+def logged(prefix):
+    from routing.models import RequestLog
+
+    return {row.request_id: row for row in RequestLog.objects.filter(request_id__startswith=prefix)}
+
+
+def test_it_writes_what_it_is_handed_and_exits_when_its_input_ends(db_access):
+    streamed = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi there"}}]}\n\n'
+                b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}\n\n')
+    writer = start_writer()
+    writer.stdin.write(frame([
+        entry("req_lw_json", adapter="openai", price=Price(1.0, 2.0, 0.5),
+              response=b'{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}'),
+        entry("req_lw_stream", adapter="openai", stream=True, stream_events=[streamed]),
+    ]))
+    writer.stdin.write(frame([entry("req_lw_known", usage=Usage(3, 4, 0), error_kind="x")]))
+    writer.stdin.close()
+    assert writer.wait(30) == 0, writer.stderr.read().decode()
+    rows = logged("req_lw_")
+    assert (rows["req_lw_json"].input_tokens, rows["req_lw_json"].output_tokens) == (1000, 500)
+    assert float(rows["req_lw_json"].cost_usd) == 0.002  # 1000 × $1/M + 500 × $2/M
+    assert (rows["req_lw_stream"].input_tokens, rows["req_lw_stream"].tokens_estimated) == (9, False)
+    assert rows["req_lw_known"].output_tokens == 4
+
+
+def test_without_usage_tokens_are_estimated_and_flagged(db_access):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count these words please"}]}
+    writer = start_writer()
+    writer.stdin.write(frame([entry("req_lw_est", adapter="openai", upstream_model="gpt-4o-mini", body=body,
+                                    response=b'{"choices":[{"message":{"content":"One two three"}}]}')]))
+    writer.stdin.close()
+    assert writer.wait(30) == 0
+    row = logged("req_lw_est")["req_lw_est"]
+    assert row.tokens_estimated and row.input_tokens > 4 and row.output_tokens == 3
+
+
+def test_a_row_the_database_refuses_is_skipped_alone(db_access):
+    refused = LogEntry(request_id="req_lw_bad", started_at=time.time(), endpoint="chat", status=-1)  # CHECK >= 0
+    writer = start_writer()
+    writer.stdin.write(frame([entry("req_lw_ok_1"), refused, entry("req_lw_ok_2")]))
+    writer.stdin.close()
+    writer.wait(30)
+    assert set(logged("req_lw_")) >= {"req_lw_ok_1", "req_lw_ok_2"}
+    assert "req_lw_bad" not in logged("req_lw_")
+    if connection.vendor == "postgresql":  # SQLite's INSERT OR IGNORE drops it without a word
+        assert b"req_lw_bad could not be written" in writer.stderr.read()
+
+
+def test_a_batch_cut_short_by_a_dying_gateway_loses_only_itself(db_access):
+    writer = start_writer()
+    writer.stdin.write(frame([entry("req_lw_whole")]))
+    writer.stdin.write(frame([entry("req_lw_cut")])[:20])
+    writer.stdin.close()
+    writer.wait(30)
+    assert set(logged("req_lw_whole")) == {"req_lw_whole"}
+    assert b"cut short" in writer.stderr.read()
