@@ -262,7 +262,7 @@ async def _relay(call: Call, response, chunks, relay, first, adapter, api_key):
     finally:
         await chunks.aclose()
         await _close(response)
-        call.log.stream_events = relay.content_events
+        call.log.stream_events = relay.events_to_log(with_text=call.key.log_bodies)
         if error is not None:
             call.fail(error)
         else:

@@ -138,17 +138,18 @@ class OpenAIStreamRelay:
     times more than relaying it. A chunk is searched (in C) for the few markers of events
     that matter: usage, an error, the end. Everything before the first marker goes out as
     it came; only the events from there on are looked at one by one, and only errors are
-    decoded. Content and usage events are kept (`content_events`): the log writer reads
+    decoded. Content and usage events are kept (`events_to_log`): the log writer reads
     the usage from them, or estimates tokens from the text, later and in its own process.
     """
 
-    __slots__ = ("client_wants_usage", "error", "done", "_content", "_splitter")
+    __slots__ = ("client_wants_usage", "error", "done", "_content", "_usage", "_splitter")
 
     def __init__(self, client_wants_usage: bool):
         self.client_wants_usage = client_wants_usage
         self.error: str | None = None
         self.done = False
         self._content: list[bytes] = []
+        self._usage: list[bytes] = []  # events that carry usage
         self._splitter = EventSplitter()
 
     def feed(self, chunk: bytes) -> bytes:
@@ -178,8 +179,11 @@ class OpenAIStreamRelay:
             return event
         if b'"error"' in data:
             return self._inspect_error(event, data)
-        self._content.append(event)  # usage too: the log writer reads it from there
-        if (b'"usage":{' in data or b'"usage": {' in data) and not self.client_wants_usage and _no_choices(data):
+        if b'"usage":{' not in data and b'"usage": {' not in data:
+            self._content.append(event)
+            return event
+        self._usage.append(event)  # the log writer reads the usage from it
+        if not self.client_wants_usage and _no_choices(data):
             return None  # the usage-only chunk the gateway asked for on its own account
         return event
 
@@ -195,11 +199,14 @@ class OpenAIStreamRelay:
             self._content.append(event)
         return event
 
-    @property
-    def content_events(self) -> list[bytes]:
-        """The content and usage events so far (raw SSE), for `usage_from_events` and
-        `text_from_events`, off the hot path."""
-        return self._content
+    def events_to_log(self, with_text: bool) -> list[bytes]:
+        """The events the log writer needs (raw SSE) for `usage_from_events` and
+        `text_from_events`: the usage events, and the content only when there is no usage
+        (for an estimate) or the text is to be logged. Holding every stream's content
+        until it is handed over would cost memory in proportion to traffic."""
+        if self._usage and not with_text:
+            return self._usage
+        return self._content + self._usage
 
     @property
     def finished(self) -> bool:
