@@ -46,7 +46,6 @@ class Call:
     started: float  # perf_counter
     key: KeyEntry | None = None
     upstream_s: float = 0.0  # time spent waiting on upstreams
-    body: dict | None = None
 
     @classmethod
     def begin(cls, request, endpoint: str) -> "Call":
@@ -76,7 +75,6 @@ class Call:
         self.log.latency_ms = self.elapsed_ms()
         if self.log.overhead_ms is None:
             self.log.overhead_ms = self.overhead_ms()
-        self.log.body = self.body
         self.log.log_bodies = self.key is not None and self.key.log_bodies
         requestlog.queue.record(self.log)
 
@@ -107,12 +105,12 @@ def parse_body(request, endpoint: str) -> dict:
 async def handle(request, snapshot: Snapshot, call: Call, endpoint: str):
     """Serve one /v1 request that has already been authenticated."""
     body = parse_body(request, endpoint)
-    call.body = body
+    call.log.body = body
     model = body["model"]
     call.log.model_requested = model
     route = find_route(snapshot, model, call.key)
     call.log.route = route.name
-    body = call.body = apply_rules(body, route.rules)  # logged as it goes upstream
+    body = call.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
     stream = body.get("stream") is True and endpoint in STREAMING
     call.log.stream = stream
     targets = order_targets(route)

@@ -124,9 +124,6 @@ class RequestLogQueue:
                 backoff = min(max(backoff * 2, 0.5), 10.0)
                 log.warning("request log writer unavailable (%s); %d rows kept, retrying in %.1fs",
                             type(exc).__name__, len(self.entries), backoff)
-                if stopping:
-                    return
-                continue
             if stopping:
                 return
 
@@ -134,11 +131,9 @@ class RequestLogQueue:
         """Send everything queued to the writer (blocks while the writer is behind)."""
         while self.entries:
             batch = [self.entries.popleft() for _ in range(min(BATCH_SIZE, len(self.entries)))]
-            payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 pipe = self._writer_pipe()
-                pipe.write(_FRAME_HEADER.pack(len(payload)))
-                pipe.write(payload)
+                pipe.write(encode_batch(batch))
                 pipe.flush()
             except OSError:
                 self.entries.extendleft(reversed(batch))
@@ -178,6 +173,12 @@ class RequestLogQueue:
             writer.wait(WRITER_EXIT_WAIT_S)
         except subprocess.TimeoutExpired:
             log.error("request log writer still busy after %d s; leaving it to finish", WRITER_EXIT_WAIT_S)
+
+
+def encode_batch(batch: list[LogEntry]) -> bytes:
+    """A batch as it goes down the pipe: its length, then the pickled entries."""
+    payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME_HEADER.pack(len(payload)) + payload
 
 
 def read_batch(stream) -> list[LogEntry] | None:

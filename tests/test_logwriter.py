@@ -1,7 +1,5 @@
 """The request-log writer process, fed by hand the way a gateway process feeds it."""
 import os
-import pickle
-import struct
 import subprocess
 import sys
 import time
@@ -10,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 
 from providers.adapters.base import Usage
-from routing.requestlog import LogEntry
+from routing.requestlog import LogEntry, encode_batch
 from routing.snapshot import Price
 
 
@@ -20,11 +18,6 @@ def start_writer() -> subprocess.Popen:
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=settings.BASE_DIR,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmgateway.settings"},
     )
-
-
-def frame(entries) -> bytes:
-    payload = pickle.dumps(entries)
-    return struct.pack(">I", len(payload)) + payload
 
 
 def entry(request_id, **fields) -> LogEntry:
@@ -41,12 +34,12 @@ def test_it_writes_what_it_is_handed_and_exits_when_its_input_ends(db_access):
     streamed = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi there"}}]}\n\n'
                 b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}\n\n')
     writer = start_writer()
-    writer.stdin.write(frame([
+    writer.stdin.write(encode_batch([
         entry("req_lw_json", adapter="openai", price=Price(1.0, 2.0, 0.5),
               response=b'{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}'),
         entry("req_lw_stream", adapter="openai", stream=True, stream_events=[streamed]),
     ]))
-    writer.stdin.write(frame([entry("req_lw_known", usage=Usage(3, 4, 0), error_kind="x")]))
+    writer.stdin.write(encode_batch([entry("req_lw_known", usage=Usage(3, 4, 0), error_kind="x")]))
     writer.stdin.close()
     assert writer.wait(30) == 0, writer.stderr.read().decode()
     rows = logged("req_lw_")
@@ -59,7 +52,7 @@ def test_it_writes_what_it_is_handed_and_exits_when_its_input_ends(db_access):
 def test_without_usage_tokens_are_estimated_and_flagged(db_access):
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count these words please"}]}
     writer = start_writer()
-    writer.stdin.write(frame([entry("req_lw_est", adapter="openai", upstream_model="gpt-4o-mini", body=body,
+    writer.stdin.write(encode_batch([entry("req_lw_est", adapter="openai", upstream_model="gpt-4o-mini", body=body,
                                     response=b'{"choices":[{"message":{"content":"One two three"}}]}')]))
     writer.stdin.close()
     assert writer.wait(30) == 0
@@ -70,7 +63,7 @@ def test_without_usage_tokens_are_estimated_and_flagged(db_access):
 def test_a_row_the_database_refuses_is_skipped_alone(db_access):
     refused = LogEntry(request_id="req_lw_bad", started_at=time.time(), endpoint="chat", status=-1)  # CHECK >= 0
     writer = start_writer()
-    writer.stdin.write(frame([entry("req_lw_ok_1"), refused, entry("req_lw_ok_2")]))
+    writer.stdin.write(encode_batch([entry("req_lw_ok_1"), refused, entry("req_lw_ok_2")]))
     writer.stdin.close()
     writer.wait(30)
     assert set(logged("req_lw_")) >= {"req_lw_ok_1", "req_lw_ok_2"}
@@ -81,8 +74,8 @@ def test_a_row_the_database_refuses_is_skipped_alone(db_access):
 
 def test_a_batch_cut_short_by_a_dying_gateway_loses_only_itself(db_access):
     writer = start_writer()
-    writer.stdin.write(frame([entry("req_lw_whole")]))
-    writer.stdin.write(frame([entry("req_lw_cut")])[:20])
+    writer.stdin.write(encode_batch([entry("req_lw_whole")]))
+    writer.stdin.write(encode_batch([entry("req_lw_cut")])[:20])
     writer.stdin.close()
     writer.wait(30)
     assert set(logged("req_lw_whole")) == {"req_lw_whole"}
