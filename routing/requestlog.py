@@ -33,8 +33,8 @@ from django.conf import settings
 from django.db import connections
 
 from providers import tokens
-from providers.adapters import ADAPTERS
 from providers.adapters.base import Usage
+from providers.wire import CODECS
 
 from .snapshot import Price
 
@@ -69,7 +69,7 @@ class LogEntry:
     error_message: str = ""
     # What the writer works usage and logged bodies out from, in its own process:
     usage: Usage | None = None  # when already known (else read from the answer by the writer)
-    adapter: str = ""  # the ADAPTERS key that reads `response` and `stream_events`
+    wire: str = ""  # the wire format (providers.wire.CODECS key) of `response` and `stream_events`
     response: bytes | None = None  # a non-streamed answer, as the upstream sent it
     stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
@@ -252,13 +252,13 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
     """The upstream's usage, else a tiktoken estimate (flagged), else None."""
     if e.usage is not None:
         return e.usage, False
-    adapter = ADAPTERS.get(e.adapter)
-    if adapter is None:
+    codec = CODECS.get(e.wire)
+    if codec is None:
         return None, False
     if e.response is not None:
-        usage = adapter.usage_from_response(e.response)
+        usage = codec.usage_from_answer(e.response)
     elif e.stream_events is not None:
-        usage = adapter.usage_from_events(e.stream_events)
+        usage = codec.usage_from_events(e.stream_events)
     else:
         usage = None
     if usage is not None:
@@ -268,14 +268,14 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
     model = e.upstream_model or e.model_requested
     return Usage(
         input_tokens=tokens.count_prompt_tokens(e.body, model),
-        output_tokens=tokens.count_completion_tokens(_output_text(e, adapter), model),
+        output_tokens=tokens.count_completion_tokens(_output_text(e, codec), model),
     ), True
 
 
-def _output_text(e: LogEntry, adapter) -> str:
+def _output_text(e: LogEntry, codec) -> str:
     if e.response is not None:
-        return adapter.text_from_response(e.response)
-    return adapter.text_from_events(e.stream_events or [])
+        return codec.text_from_answer(e.response)
+    return codec.text_from_events(e.stream_events or [])
 
 
 def _logged_bodies(e: LogEntry) -> tuple[str, str]:
@@ -283,8 +283,8 @@ def _logged_bodies(e: LogEntry) -> tuple[str, str]:
         return "", ""
     limit = settings.GATEWAY_LOG_BODY_MAX_CHARS
     request = truncated_json(e.body, limit) if e.body is not None else ""
-    if e.stream_events is not None and e.adapter in ADAPTERS:
-        response = truncated_json(ADAPTERS[e.adapter].text_from_events(e.stream_events), limit)
+    if e.stream_events is not None and e.wire in CODECS:
+        response = truncated_json(CODECS[e.wire].text_from_events(e.stream_events), limit)
     elif e.response is not None:
         response = truncated_json(e.response.decode("utf-8", "replace"), limit)
     else:

@@ -10,7 +10,6 @@ import pytest
 from django.db import connection
 from django.db.backends import utils as db_utils
 
-from providers.upstream import close_shared_client
 
 from .conftest import FULL_KEY, wait_for_model
 
@@ -24,7 +23,7 @@ def test_the_hot_path_makes_no_database_query(live, db_access, monkeypatch):
     from llmgateway.asgi import application
     from routing import requestlog
     from routing.models import RequestLog
-    from routing.snapshot import keeper
+    from llmgateway import runtime
 
     queries = []
     real_execute = db_utils.CursorWrapper.execute
@@ -33,33 +32,31 @@ def test_the_hot_path_makes_no_database_query(live, db_access, monkeypatch):
         queries.append(sql)
         return real_execute(self, sql, params)
 
-    keeper.current = keeper._poller = keeper._first_load = None
     queue = requestlog.RequestLogQueue(max_size=1000)
     monkeypatch.setattr(requestlog, "queue", queue)
     ids = []
 
     async def drive():
-        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            await client.get("/v1/models", headers=AUTH)  # first request builds the snapshot
-            monkeypatch.setattr(db_utils.CursorWrapper, "execute", counting_execute)
-            for _ in range(5):
-                answered = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
-                assert answered.status_code == 200
-                streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
-                assert streamed.text.endswith("data: [DONE]\n\n")
-                assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
-                missing = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=AUTH)
-                assert missing.status_code == 404
-                ids.extend(r.headers["x-request-id"] for r in (answered, streamed, missing))
-            await asyncio.sleep(0.8)  # let the log sender hand the rows over meanwhile
-        await close_shared_client()
+        async with runtime.opened():
+            transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 5000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                await client.get("/v1/models", headers=AUTH)  # first request builds the snapshot
+                monkeypatch.setattr(db_utils.CursorWrapper, "execute", counting_execute)
+                for _ in range(5):
+                    answered = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+                    assert answered.status_code == 200
+                    streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+                    assert streamed.text.endswith("data: [DONE]\n\n")
+                    assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
+                    missing = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=AUTH)
+                    assert missing.status_code == 404
+                    ids.extend(r.headers["x-request-id"] for r in (answered, streamed, missing))
+                await asyncio.sleep(0.8)  # let the log sender hand the rows over meanwhile
 
     try:
         asyncio.run(drive())
         queue.close()  # hand over and wait for the writer, as at exit
     finally:
-        keeper.current = keeper._poller = keeper._first_load = None
         monkeypatch.undo()
     assert queries == []
     assert RequestLog.objects.filter(request_id__in=ids).count() == len(ids) == 15

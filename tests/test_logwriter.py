@@ -35,9 +35,9 @@ def test_it_writes_what_it_is_handed_and_exits_when_its_input_ends(db_access):
                 b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}\n\n')
     writer = start_writer()
     writer.stdin.write(encode_batch([
-        entry("req_lw_json", adapter="openai", price=Price(1.0, 2.0, 0.5),
+        entry("req_lw_json", wire="openai_chat", price=Price(1.0, 2.0, 0.5),
               response=b'{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}'),
-        entry("req_lw_stream", adapter="openai", stream=True, stream_events=[streamed]),
+        entry("req_lw_stream", wire="openai_chat", stream=True, stream_events=[streamed]),
     ]))
     writer.stdin.write(encode_batch([entry("req_lw_known", usage=Usage(3, 4, 0), error_kind="x")]))
     writer.stdin.close()
@@ -52,7 +52,7 @@ def test_it_writes_what_it_is_handed_and_exits_when_its_input_ends(db_access):
 def test_without_usage_tokens_are_estimated_and_flagged(db_access):
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count these words please"}]}
     writer = start_writer()
-    writer.stdin.write(encode_batch([entry("req_lw_est", adapter="openai", upstream_model="gpt-4o-mini", body=body,
+    writer.stdin.write(encode_batch([entry("req_lw_est", wire="openai_chat", upstream_model="gpt-4o-mini", body=body,
                                     response=b'{"choices":[{"message":{"content":"One two three"}}]}')]))
     writer.stdin.close()
     assert writer.wait(30) == 0

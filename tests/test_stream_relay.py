@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from providers.adapters.openai import OpenAIAdapter, OpenAIStreamRelay
+from providers.wire import openai_chat
+from providers.wire.openai_chat import StreamRelay
 from providers.sse import EventSplitter
 
 
@@ -25,8 +26,8 @@ DONE = b"data: [DONE]\n\n"
 STREAM = content("Hel") + content("lo", usage_null=True) + b": keep-alive\n\n" + content(" you") + USAGE + DONE
 
 
-def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, OpenAIStreamRelay]:
-    relay = OpenAIStreamRelay(client_wants_usage=wants_usage)
+def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, StreamRelay]:
+    relay = StreamRelay(client_wants_usage=wants_usage)
     bounds = [0, *cuts, len(stream)]
     out = b"".join(relay.feed(stream[a:b]) for a, b in zip(bounds, bounds[1:]))
     return out, relay
@@ -42,17 +43,17 @@ def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[
 def test_the_stream_comes_out_as_it_went_in(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=True)
     assert out == STREAM
-    usage = OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True))
+    usage = openai_chat.usage_from_events(relay.events_to_log(with_text=True))
     assert (usage.input_tokens, usage.output_tokens) == (7, 3)
     assert relay.finished and relay.error is None
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == "Hello you"
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == "Hello you"
 
 
 @pytest.mark.parametrize("cuts", [[], [7], list(range(1, len(STREAM)))])
 def test_the_usage_only_chunk_is_dropped_unless_asked_for(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=False)
     assert out == STREAM.replace(USAGE, b"")
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 3  # still counted
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 3  # still counted
 
 
 def test_an_error_event_is_relayed_and_recorded():
@@ -79,9 +80,9 @@ def test_content_that_mentions_usage_or_errors_is_only_content():
     text = 'the "usage":{ "error" of [DONE]'
     out, relay = relay_in_pieces(content(text) + DONE, [], wants_usage=False)
     assert out == content(text) + DONE
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)) is None
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)) is None
     assert relay.error is None and relay.done
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == text
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == text
 
 
 def test_the_splitter_returns_whole_events_only():
@@ -96,12 +97,12 @@ def test_usage_on_a_chunk_with_content_is_relayed_even_unasked():
                   "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
     out, relay = relay_in_pieces(content("hi") + last + DONE, [], wants_usage=False)
     assert out == content("hi") + last + DONE
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 1
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == "hi!"
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 1
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == "hi!"
 
 
 def test_with_usage_only_the_usage_events_are_kept_for_the_log():
     out, relay = relay_in_pieces(STREAM, [], wants_usage=True)
     assert relay.events_to_log(with_text=False) == [USAGE]
     out, relay = relay_in_pieces(content("a") + DONE, [], wants_usage=True)  # no usage: text for an estimate
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=False)) == "a"
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=False)) == "a"
