@@ -1,9 +1,57 @@
-"""Mock OpenAI-compatible upstream HTTP server with per-request fault injection, for tests and benchmarks."""
+"""Mock OpenAI-compatible upstream HTTP server with per-request fault injection, for tests and benchmarks.
+
+Fault options come from a ``"mock"`` object in the JSON body and/or the ``x-mock-fault`` header
+(a JSON object; header keys win). Durations are in seconds (floats allowed).
+
+Answer faults (no generation is produced):
+  status: int            answer this status. 4xx/5xx get OpenAI's error body for that status
+                         (401 invalid_api_key and 403 unsupported_country_region_territory are
+                         OpenAI's real bodies; 429 rate_limit_exceeded; 5xx/529 server_error).
+                         3xx answers a redirect with a Location header (see location).
+  message, error_type, code   override the error body's fields.
+  body, content_type     send this raw body instead (e.g. an HTML 502 page).
+  retry_after: number|str     Retry-After header (seconds, or any string such as an HTTP date).
+  retry_after_ms: number      retry-after-ms header (what the OpenAI SDKs read first).
+  location: str          Location of a 3xx answer (default: the same path on this server).
+  redirect: str          shorthand for {"status": 302, "location": <redirect>}.
+  fail_times: int        apply status/redirect only to the first N generations of request_id
+                         (e.g. {"status": 529, "fail_times": 2, "request_id": "r1"}: fail twice, then answer).
+
+Timing:
+  delay / first_byte_delay: seconds before anything, headers included, is sent.
+  first_event_delay:     headers at once, then wait before the first event (stream) or the body.
+  chunk_delay:           seconds between stream events.
+  keepalive_every, keepalive_for: before the first event, send an SSE comment line every
+                         keepalive_every seconds for keepalive_for seconds ("thinking" keep-alives).
+  keepalive_comment:     its text (default "OPENROUTER PROCESSING", sent as ": OPENROUTER PROCESSING").
+
+Answer shape:
+  chunks: int            exactly this many content words / stream content events.
+  event_bytes: int       pad every stream content event to this many bytes on the wire (with
+                         chunks: a stream of N events of a given size, e.g. 1024 x 4096 = 4 MB).
+  no_usage: bool         leave usage out.
+  usage_every_chunk: bool  every stream chunk carries a (cumulative) usage object.
+  error_null: bool       every stream chunk carries "error": null (OpenRouter does this).
+  malformed: true|"truncated"|"not_json"   a 200 non-stream answer whose body is cut JSON
+                         (default) or not JSON at all.
+  malformed_at: int      the n-th stream content event is not valid JSON.
+
+Stream cuts:
+  chunks_then_drop: int  after N content events the connection is closed (no [DONE]).
+  drop_mid_event: bool   with chunks_then_drop, first send half of the next event.
+  stall_after: int       after N content events the stream goes silent (until the client leaves).
+
+Counting:
+  request_id: str        (or the x-mock-request-id header) counts generations per id (every
+                         authenticated request with that id, failed ones included):
+                         MockUpstream.generations(id), or GET /mock/generations/{id} (no auth).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import itertools
 import json
@@ -34,6 +82,7 @@ CLIENT_MAX_SIZE = 32 * 1024 * 1024
 
 _DONE = "data: [DONE]\n\n"
 _MALFORMED = 'data: {"broken": \n\n'
+DEFAULT_KEEPALIVE_COMMENT = "OPENROUTER PROCESSING"
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _NO_AUTH_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
@@ -62,6 +111,7 @@ class _State:
         self.requests = []
         self.keys = frozenset(keys) if keys else None
         self.ids = itertools.count(1)
+        self.generations = collections.Counter()
         self.models = {m: {"id": m, "object": "model", "created": MODELS_CREATED, "owned_by": "mock"}
                        for m in (models or DEFAULT_MODELS)}
         self.models_body = _dumps({"object": "list", "data": list(self.models.values())}).encode()
@@ -139,14 +189,19 @@ def _endpoint(impl, has_body=True):
         if body is _BAD_JSON or (has_body and not isinstance(body, dict)):
             return error_response(400, _BAD_JSON_MESSAGE)
         fault = _fault_options(request, body)
+        generation = _count_generation(request, state, fault)
         try:
-            if fault.get("delay"):
-                await asyncio.sleep(float(fault["delay"]))
+            delay = fault.get("first_byte_delay", fault.get("delay"))
+            if delay:
+                await asyncio.sleep(float(delay))
         except asyncio.CancelledError:
             state.event({"type": "request_cancelled", "path": request.path, "t": time.monotonic()})
             raise
-        if fault.get("status") is not None:
-            return _fault_response(fault)
+        if fault.get("redirect") is not None:
+            fault = {**fault, "status": fault.get("status") or 302, "location": fault["redirect"]}
+        fail_times = _int_option(fault, "fail_times")
+        if fault.get("status") is not None and (fail_times is None or generation <= fail_times):
+            return _fault_response(request, fault, token)
         return await impl(request, body, fault)
 
     return handler
@@ -195,27 +250,58 @@ def _fault_options(request, body):
     return options
 
 
-def _error_kind(status):
+def _count_generation(request, state, fault):
+    """Count this request under its request_id (body option or x-mock-request-id); 0 without one."""
+    request_id = fault.get("request_id") or request.headers.get("x-mock-request-id")
+    if request_id is None:
+        return 0
+    state.generations[str(request_id)] += 1
+    return state.generations[str(request_id)]
+
+
+def _masked(token):
+    """A key as OpenAI echoes it in errors: a few leading and the last four characters."""
+    token = token or ""
+    return token[:3] + "*" * max(len(token) - 7, 4) + token[-4:] if len(token) > 8 else "****"
+
+
+def _error_kind(status, token=None):
     """Default (type, code, message) for an injected error status, as OpenAI reports them."""
     if status == 429:
         return "requests", "rate_limit_exceeded", "Rate limit reached for requests (mock)."
     if status >= 500:
         return "server_error", None, "The server had an error while processing your request. (mock)"
     if status == 401:
-        return "invalid_request_error", "invalid_api_key", "Incorrect API key provided (mock)."
+        return ("invalid_request_error", "invalid_api_key",
+                f"Incorrect API key provided: {_masked(token)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.")
+    if status == 403:
+        return "request_forbidden", "unsupported_country_region_territory", "Country, region, or territory not supported"
     return "invalid_request_error", None, f"Mock error {status}."
 
 
-def _fault_response(fault):
-    status = _int_option(fault, "status")
+def _retry_headers(fault):
     headers = {}
     if fault.get("retry_after") is not None:
-        retry = float(fault["retry_after"])
-        headers["Retry-After"] = str(int(retry)) if retry.is_integer() else str(retry)
+        retry = fault["retry_after"]
+        if isinstance(retry, (int, float)):
+            retry = str(int(retry)) if float(retry).is_integer() else str(retry)
+        headers["Retry-After"] = str(retry)
+    if fault.get("retry_after_ms") is not None:
+        headers["retry-after-ms"] = str(fault["retry_after_ms"])
+    return headers
+
+
+def _fault_response(request, fault, token=None):
+    status = _int_option(fault, "status")
+    headers = _retry_headers(fault)
+    if 300 <= status < 400:
+        headers["Location"] = str(fault.get("location") or request.path)
+        return web.Response(status=status, headers=headers)
     if fault.get("body") is not None:
         return web.Response(status=status, text=str(fault["body"]), headers=headers,
                             content_type=fault.get("content_type", "text/html"))
-    err_type, code, message = _error_kind(status)
+    err_type, code, message = _error_kind(status, token)
     return error_response(status, fault.get("message") or message, fault.get("error_type") or err_type,
                           fault.get("code", code), headers=headers)
 
@@ -298,7 +384,7 @@ async def _chat_completions(request, body, fault):
     created = int(time.time())
     if body.get("stream"):
         include = _wants_usage(body, fault)
-        head, content, tail = _chat_events(rid, created, model, words, usage if include else None, include)
+        head, content, tail = _chat_events(rid, created, model, words, usage, include, fault)
         return await _stream(request, fault, head, content, tail)
     reply = {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
@@ -311,25 +397,58 @@ async def _chat_completions(request, body, fault):
     }
     if fault.get("no_usage"):
         del reply["usage"]
-    return _json_response(reply)
+    return await _answer(request, fault, reply)
 
 
-def _chat_events(rid, created, model, words, usage, include_usage):
+def _chat_events(rid, created, model, words, usage, include_usage, fault):
     """SSE events (head, content, tail) for a chat stream, built by string templating for speed."""
     pre = ('data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
            '"system_fingerprint":"%s","choices":' % (rid, created, _dumps(model), SYSTEM_FINGERPRINT))
-    end = (',"usage":null' if include_usage else "") + "}\n\n"
+    end = _chunk_end(usage, include_usage, fault)
 
-    def choice(delta, finish="null"):
-        return pre + '[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]' % (delta, finish) + end
+    def choice(delta, finish="null", done=0):
+        return pre + '[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]' % (delta, finish) + end(done)
+
+    def content_event(piece, done):
+        return choice('{"content":%s}' % _dumps(piece), done=done)
 
     head = [choice('{"role":"assistant","content":"","refusal":null}')]
-    content = [choice('{"content":%s}' % _dumps(piece)) for piece in _pieces(words)]
-    tail = [choice("{}", '"stop"')]
-    if usage is not None:
-        tail.append(pre + '[],"usage":' + _dumps(usage) + "}\n\n")
+    content = _content_events(content_event, _pieces(words), fault)
+    tail = [choice("{}", '"stop"', len(words))]
+    if include_usage and usage is not None:
+        tail.append(pre + '[],"usage":' + _dumps(usage) + _chunk_extra(fault) + "}\n\n")
     tail.append(_DONE)
     return head, content, tail
+
+
+def _chunk_extra(fault):
+    # OpenRouter sends "error": null on healthy chunks; a relay must not read it as an error.
+    return ',"error":null' if fault.get("error_null") else ""
+
+
+def _chunk_end(usage, include_usage, fault):
+    """The end of a chunk after its choices, given how many completion tokens are done so far."""
+    extra = _chunk_extra(fault)
+    if fault.get("usage_every_chunk") and usage is not None and not fault.get("no_usage"):
+        def end(done):
+            running = dict(usage, completion_tokens=done, total_tokens=usage["prompt_tokens"] + done)
+            return ',"usage":' + _dumps(running) + extra + "}\n\n"
+        return end
+    fixed = (',"usage":null' if include_usage else "") + extra + "}\n\n"
+    return lambda done: fixed
+
+
+def _content_events(make_event, pieces, fault):
+    """One event per piece; with event_bytes, each is padded with dots to exactly that many bytes."""
+    size = _int_option(fault, "event_bytes")
+    if size is None:
+        return [make_event(piece, i + 1) for i, piece in enumerate(pieces)]
+    events = []
+    for i, piece in enumerate(pieces):
+        room = size - len(make_event("", i + 1).encode())
+        pad = max(room - len(piece.encode()), 0)
+        events.append(make_event(piece + "." * pad, i + 1))
+    return events
 
 
 def _prompt_texts(prompt):
@@ -359,7 +478,7 @@ async def _completions(request, body, fault):
     created = int(time.time())
     if body.get("stream"):
         include = _wants_usage(body, fault)
-        head, content, tail = _completion_events(rid, created, model, words, usage if include else None, include)
+        head, content, tail = _completion_events(rid, created, model, words, usage, include, fault)
         return await _stream(request, fault, head, content, tail)
     reply = {
         "id": rid, "object": "text_completion", "created": created, "model": model,
@@ -368,22 +487,22 @@ async def _completions(request, body, fault):
     }
     if fault.get("no_usage"):
         del reply["usage"]
-    return _json_response(reply)
+    return await _answer(request, fault, reply)
 
 
-def _completion_events(rid, created, model, words, usage, include_usage):
+def _completion_events(rid, created, model, words, usage, include_usage, fault):
     """SSE events (head, content, tail) for a legacy completions stream (no role chunk)."""
     pre = ('data: {"id":"%s","object":"text_completion","created":%d,"model":%s,'
            '"system_fingerprint":"%s","choices":' % (rid, created, _dumps(model), SYSTEM_FINGERPRINT))
-    end = (',"usage":null' if include_usage else "") + "}\n\n"
+    end = _chunk_end(usage, include_usage, fault)
 
-    def choice(text, finish="null"):
-        return pre + '[{"text":%s,"index":0,"logprobs":null,"finish_reason":%s}]' % (_dumps(text), finish) + end
+    def choice(text, finish="null", done=0):
+        return pre + '[{"text":%s,"index":0,"logprobs":null,"finish_reason":%s}]' % (_dumps(text), finish) + end(done)
 
-    content = [choice(piece) for piece in _pieces(words)]
-    tail = [choice("", '"stop"')]
-    if usage is not None:
-        tail.append(pre + '[],"usage":' + _dumps(usage) + "}\n\n")
+    content = _content_events(lambda piece, done: choice(piece, done=done), _pieces(words), fault)
+    tail = [choice("", '"stop"', len(words))]
+    if include_usage and usage is not None:
+        tail.append(pre + '[],"usage":' + _dumps(usage) + _chunk_extra(fault) + "}\n\n")
     tail.append(_DONE)
     return [], content, tail
 
@@ -415,7 +534,7 @@ async def _embeddings(request, body, fault):
              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     if fault.get("no_usage"):
         del reply["usage"]
-    return _json_response(reply)
+    return await _answer(request, fault, reply)
 
 
 async def _list_models(request, body, fault):
@@ -428,6 +547,28 @@ async def _get_model(request, body, fault):
     if model is None:
         return error_response(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
     return _json_response(model)
+
+
+# ---------------------------------------------------------------- answering
+
+
+async def _answer(request, fault, reply, status=200):
+    """Send a JSON answer, applying the non-stream fault modes (malformed, first_event_delay)."""
+    body = _dumps(reply).encode()
+    malformed = fault.get("malformed")
+    if malformed:
+        # A 200 that is not the JSON it claims to be: cut in half, or an HTML page.
+        body = b"<html><body>upstream exploded</body></html>" if malformed == "not_json" else body[: len(body) // 2]
+    first_event_delay = float(fault.get("first_event_delay") or 0)
+    if not first_event_delay:
+        return web.Response(body=body, status=status, content_type="application/json")
+    resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    resp.content_length = len(body)
+    await resp.prepare(request)  # StreamResponse sends the headers now; the body follows later.
+    await asyncio.sleep(first_event_delay)
+    await resp.write(body)
+    await resp.write_eof()
+    return resp
 
 
 # ---------------------------------------------------------------- streaming
@@ -443,6 +584,10 @@ async def _stream(request, fault, head, content, tail):
     stall_after = _int_option(fault, "stall_after")
     cut = drop_after if drop_after is not None else stall_after
     events = head + (content[:max(cut, 0)] if cut is not None else content + tail)
+    if drop_after is not None and fault.get("drop_mid_event"):
+        following = (content + tail)[max(drop_after, 0):]
+        if following:
+            events.append(following[0][: len(following[0]) // 2])
     chunk_delay = float(fault.get("chunk_delay") or 0)
 
     state = request.app[STATE]
@@ -451,7 +596,8 @@ async def _stream(request, fault, head, content, tail):
     request[_STREAM_STARTED] = True
     try:
         await resp.prepare(request)
-        await _write_events(resp, events, chunk_delay)
+        await _before_first_event(resp, fault)
+        await _write_events(resp, events, chunk_delay, one_write=fault.get("event_bytes") is None)
         if drop_after is not None:
             # close() flushes what was written, then FINs without the terminating chunk.
             request.transport.close()
@@ -473,20 +619,37 @@ async def _stream(request, fault, head, content, tail):
     return resp
 
 
+async def _before_first_event(resp, fault):
+    """Headers are out; send keep-alive comments for a while, then wait first_event_delay."""
+    every = float(fault.get("keepalive_every") or 0)
+    if every > 0:
+        comment = f": {fault.get('keepalive_comment') or DEFAULT_KEEPALIVE_COMMENT}\n\n".encode()
+        until = time.monotonic() + float(fault.get("keepalive_for") or 0)
+        while True:
+            await resp.write(comment)
+            if time.monotonic() + every > until:
+                break
+            await asyncio.sleep(every)
+        await asyncio.sleep(max(until - time.monotonic(), 0))
+    if fault.get("first_event_delay"):
+        await asyncio.sleep(float(fault["first_event_delay"]))
+
+
 def _record_disconnect(state, outcome):
     outcome["client_disconnected"] = True
     outcome["t"] = time.monotonic()
     state.event(outcome)
 
 
-async def _write_events(resp, events, chunk_delay):
-    if not chunk_delay:
+async def _write_events(resp, events, chunk_delay, one_write=True):
+    if not chunk_delay and one_write:
         # One write for the whole stream: fewest syscalls, which is what benchmarks want.
         await resp.write("".join(events).encode())
         return
     for i, event in enumerate(events):
-        if i:
+        if i and chunk_delay:
             await asyncio.sleep(chunk_delay)
+        # Each write waits for the socket to drain, so a slow reader holds the stream back.
         await resp.write(event.encode())
 
 
@@ -502,7 +665,14 @@ def build_app(keys=None, models=None):
     app.router.add_post("/v1/embeddings", _endpoint(_embeddings))
     app.router.add_get("/v1/models", _endpoint(_list_models, has_body=False))
     app.router.add_get("/v1/models/{model_id:.+}", _endpoint(_get_model, has_body=False))
+    app.router.add_get("/mock/generations/{request_id}", _generations)
     return app
+
+
+async def _generations(request):
+    """How many generations were started for a request_id (for tests in another process)."""
+    request_id = request.match_info["request_id"]
+    return _json_response({"request_id": request_id, "generations": request.app[STATE].generations[request_id]})
 
 
 class MockUpstream:
@@ -525,10 +695,15 @@ class MockUpstream:
         """Received requests: dicts with method, path, headers (lower-case), json, api_key."""
         return self._state.requests
 
+    def generations(self, request_id):
+        """How many generations were started with this mock.request_id (or x-mock-request-id)."""
+        return self._state.generations[str(request_id)]
+
     def clear(self):
-        """Forget recorded events and requests (in place)."""
+        """Forget recorded events, requests and generation counts (in place)."""
         self._state.events.clear()
         self._state.requests.clear()
+        self._state.generations.clear()
 
     async def stop(self):
         """Stop listening; in-flight handlers (e.g. stalled streams) are cancelled."""
@@ -616,8 +791,12 @@ class MockUpstreamThread:
     def requests(self):
         return self._server.requests
 
+    def generations(self, request_id):
+        """How many generations were started with this mock.request_id (or x-mock-request-id)."""
+        return self._server.generations(request_id)
+
     def clear(self):
-        """Forget recorded events and requests."""
+        """Forget recorded events, requests and generation counts."""
         self._server.clear()
 
 
