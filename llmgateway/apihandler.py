@@ -137,11 +137,11 @@ class ApiHandler(ASGIHandler):
             if not processor.cancelled() and processor.exception() is None:
                 processor.result().close()
         finally:
-            if flow is not None:
-                flow.detach()
             record = getattr(request, "gateway_record", None)
             if record is not None:  # the record's owner: ends it if nothing else did
                 await record.abandon()
+            if flow is not None:
+                flow.detach()
 
     def _declared_excess(self, scope) -> int:
         """Past the limit already if Content-Length says so (or is not a number)."""
@@ -180,7 +180,8 @@ class ClientFlow:
         return flow
 
     def detach(self) -> None:
-        if self.protocol.producer is self:
+        # After a lost connection Twisted has already let go of the request's channel.
+        if self.protocol.producer is self and self.protocol.channel is not None:
             self.protocol.unregisterProducer()
 
     async def send(self, message) -> None:

@@ -286,6 +286,9 @@ async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key
             if not stream:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                     content = await response.aread()
+                if not _looks_whole(content):
+                    raise AttemptFailed(Failure("bad_answer", retryable=True,
+                                                detail="malformed answer (not a whole JSON object)"))
         except AttemptFailed:
             raise
         except Exception as exc:
@@ -381,6 +384,14 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
 def _client_left() -> GatewayError:
     return GatewayError("Client closed the connection before the stream ended.", status=499,
                         kind="client_disconnected")
+
+
+def _looks_whole(content: bytes) -> bool:
+    """Whether an answer looks like one whole JSON object. A cheap check of both ends (a full
+    parse would cost the hot path in proportion to the answer's size) that catches the
+    usual breakage: a cut answer, an HTML page with a 200."""
+    stripped = content.strip()
+    return stripped[:1] == b"{" and stripped[-1:] == b"}"
 
 
 def _client_wants_usage(body: dict) -> bool:
