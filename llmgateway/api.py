@@ -45,7 +45,12 @@ class VirtualKeyAuth:
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
                                      headers={"Retry-After": "1"})
-        request.auth_snapshot = snapshot = await runtime.current().snapshot()
+        try:
+            request.auth_snapshot = snapshot = await runtime.current().snapshot()
+        except Exception as exc:  # retried by the next request; /readyz says not ready meanwhile
+            log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
+            raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
+                                     code="not_ready", headers={"Retry-After": "1"}) from None
         record.key = key = authenticate(request.META, snapshot.keys_by_hash)
         record.log.virtual_key_id = key.id
         return key

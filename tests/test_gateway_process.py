@@ -166,3 +166,43 @@ def test_a_rolled_back_change_does_not_stop_later_bumps(db_access):
     route = Route.objects.create(name="committed")
     route.delete()
     assert int(sync_client().get(VERSION_KEY)) >= before + 2
+
+
+def test_a_provider_whose_keys_cannot_be_decrypted_is_never_called(live, gateway_factory, mock_upstream, db_access):
+    """Started with the wrong ENCRYPTION_KEYS: no unauthenticated upstream call, a clear
+    error for the client, and a readiness check that says why."""
+    from cryptography.fernet import Fernet
+
+    wrong = gateway_factory(ENCRYPTION_KEYS=Fernet.generate_key().decode())
+    wait_for_model(wrong, "gpt-4o-mini")
+    mock_upstream.clear()
+    response = httpx.post(wrong.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_usable_upstream"
+    assert mock_upstream.requests == []
+    ready = httpx.get(wrong.url + "/readyz")
+    assert ready.status_code == 503 and "providers" in ready.json()["failing"]
+    wrong.stop()
+
+
+def test_a_failed_first_snapshot_is_retried_and_the_process_is_not_ready_meanwhile(live, gateway_factory, tmp_path):
+    """A database that is not there yet at startup must not mean errors until a restart."""
+    import subprocess
+    import sys
+
+    from .conftest import BASE_DIR
+
+    url = f"sqlite:///{tmp_path / 'late.sqlite3'}"
+    gateway = gateway_factory(DATABASE_URL=url)
+    refused = httpx.get(gateway.url + "/v1/models", headers=AUTH)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+    assert "snapshot" in httpx.get(gateway.url + "/readyz").json()["failing"]
+
+    env = {**gateway.env, "DATABASE_URL": url}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                    "from keys.models import VirtualKey; k = VirtualKey(name='late'); "
+                    f"k.set_key('{FULL_KEY}'); k.save()"], cwd=BASE_DIR, env=env, check=True)
+    assert httpx.get(gateway.url + "/v1/models", headers=AUTH).status_code == 200
+    assert httpx.get(gateway.url + "/readyz").status_code == 200
+    gateway.stop()
