@@ -1,5 +1,6 @@
 """Process-level properties: no database on the hot path, config propagation, durable logs."""
 import asyncio
+import json
 import signal
 import sqlite3
 import threading
@@ -206,3 +207,72 @@ def test_a_failed_first_snapshot_is_retried_and_the_process_is_not_ready_meanwhi
     assert httpx.get(gateway.url + "/v1/models", headers=AUTH).status_code == 200
     assert httpx.get(gateway.url + "/readyz").status_code == 200
     gateway.stop()
+
+
+def test_sigterm_ends_streams_in_flight_properly_and_writes_every_row(live, gateway_factory, db_access):
+    """Streams that finish within the grace period complete; the others end with an error
+    event in their protocol, never a bare EOF; every accepted request gets its row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from routing.models import RequestLog
+
+    gateway = gateway_factory(GATEWAY_STOP_GRACE_S="1.5")
+    wait_for_model(gateway, "gpt-4o-mini")
+
+    def stream(chunk_delay):
+        body = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 40, "chunk_delay": chunk_delay}}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=AUTH,
+                          timeout=30) as response:
+            data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+            return response.headers["x-request-id"], data
+
+    with ThreadPoolExecutor(8) as pool:
+        long = [pool.submit(stream, 0.25) for _ in range(5)]  # 10 s each
+        short = [pool.submit(stream, 0.02) for _ in range(3)]  # under a second
+        time.sleep(0.7)
+        gateway.proc.send_signal(signal.SIGTERM)
+        results = [f.result() for f in long + short]
+    gateway.proc.wait(20)
+    for request_id, data in results[:5]:
+        assert '"code":"server_shutting_down"' in data[-1].replace(" ", ""), data[-3:]
+    for request_id, data in results[5:]:
+        assert data[-1] == "[DONE]"
+    ids = [request_id for request_id, _ in results]
+    rows = {row.request_id: row for row in RequestLog.objects.filter(request_id__in=ids)}
+    assert set(rows) == set(ids)
+    assert sorted(row.error_kind for row in rows.values()) == [""] * 3 + ["shutdown"] * 5
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(live, gateway_factory, mock_upstream,
+                                                                        db_access):
+    """Reading from the upstream follows the client's pace: the gateway buffers a bounded
+    amount, notices a reader that has stopped, and lets go of both sides."""
+    import socket
+
+    gateway = gateway_factory(GATEWAY_SLOW_CLIENT_TIMEOUT_S="2")
+    wait_for_model(gateway, "gpt-4o-mini")
+    body = json.dumps({**CHAT, "model": "no-retry", "stream": True,
+                       "mock": {"chunks": 4096, "event_bytes": 4096}}).encode()  # 16 MB
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    client.connect(("127.0.0.1", gateway.port))
+    client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                   + f"Authorization: Bearer {FULL_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    time.sleep(4)  # reads nothing more
+    ended = None
+    while ended is None and time.monotonic() < started + 10:
+        ended = next((e for e in mock_upstream.events if e["type"] == "stream_end" and e["t"] > started
+                      and e.get("client_disconnected")), None)
+        time.sleep(0.1)
+    assert ended is not None, "the upstream was read to the end (or left open) for a client that stopped reading"
+    client.settimeout(5)
+    received = 0
+    try:
+        while chunk := client.recv(1 << 16):
+            received += len(chunk)
+    except OSError:
+        pass
+    client.close()
+    assert received < 12 * 1024 * 1024  # cut off, not the whole stream

@@ -106,3 +106,36 @@ def test_with_usage_only_the_usage_events_are_kept_for_the_log():
     assert relay.events_to_log(with_text=False) == [USAGE]
     out, relay = relay_in_pieces(content("a") + DONE, [], wants_usage=True)  # no usage: text for an estimate
     assert openai_chat.text_from_events(relay.events_to_log(with_text=False)) == "a"
+
+
+def test_an_error_event_is_relayed_with_the_provider_key_scrubbed():
+    relay = StreamRelay(client_wants_usage=False, secret="sk-provider-secret")
+    error = b'data: {"error":{"message":"quota of key sk-provider-secret exceeded"}}\n\n'
+    out = relay.feed(content("a") + error)
+    assert b"sk-provider-secret" not in out and b"key *** exceeded" in out
+    assert relay.error == "quota of key *** exceeded"
+
+
+def test_error_null_on_ordinary_chunks_is_no_error():
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"error":null}\n\n'
+    relay = StreamRelay(client_wants_usage=False)
+    assert relay.feed(chunk + DONE) == chunk + DONE
+    assert relay.error is None and relay.finished
+
+
+def test_comments_before_the_first_event_are_held_back_and_later_ones_relayed():
+    relay = StreamRelay(client_wants_usage=False)
+    assert relay.feed(b": OPENROUTER PROCESSING\n\n") == b""
+    assert relay.feed(b": OPENROUTER PROCESSING\n\n" + content("a")) == content("a")
+    assert relay.feed(b": still here\n\n") == b": still here\n\n"
+
+
+def test_only_the_last_of_many_usage_events_is_kept():
+    def with_usage(text, tokens):
+        return (b'data: {"choices":[{"index":0,"delta":{"content":"' + text.encode() + b'"}}],'
+                b'"usage":{"prompt_tokens":1,"completion_tokens":' + str(tokens).encode() + b'}}\n\n')
+
+    relay = StreamRelay(client_wants_usage=True)
+    relay.feed(b"".join(with_usage("w", n) for n in range(1, 50)) + DONE)
+    kept = relay.events_to_log(with_text=False)
+    assert len(kept) == 1 and openai_chat.usage_from_events(kept).output_tokens == 49
