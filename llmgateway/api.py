@@ -13,9 +13,8 @@ from routing.endpoints import ENDPOINTS, endpoint_at
 from routing.record import RequestRecord
 
 from . import runtime
-from .apihandler import TOO_LARGE
+from .apihandler import TOO_LARGE, stopping
 from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
-from .stopping import stopping
 
 log = logging.getLogger(__name__)
 

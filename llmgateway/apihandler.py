@@ -22,6 +22,7 @@ import gc
 import io
 import logging
 import sys
+import threading
 
 from django.conf import settings
 
@@ -33,12 +34,14 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IPushProducer
 
-from .stopping import stopping
-
 log = logging.getLogger(__name__)
 
 
 TOO_LARGE = "gateway.body_too_large"
+
+# Set once the process starts a graceful stop (SIGTERM), from the reactor's shutdown
+# trigger; read by the handler and by stream relays on the event loop.
+stopping = threading.Event()
 
 
 class BodyTooLarge(Exception):

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from keys.auth import KeyEntry
 from llmgateway import runtime
-from llmgateway.stopping import stopping
+from llmgateway.apihandler import stopping
 from llmgateway.errors import (
     GatewayError, InvalidRequest, ServiceUnavailable, UpstreamCredentialsRejected, UpstreamError,
     UpstreamStreamError, UpstreamTimeout, UpstreamUnavailable,
