@@ -263,3 +263,16 @@ def test_a_restricted_key_stays_restricted_when_its_only_model_is_deleted(live, 
     response = post(live, {**CHAT, "model": "gpt-4o-mini"}, key=secret)
     assert response.status_code == 403
     assert httpx.get(live.url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).json()["data"] == []
+
+
+def test_a_request_with_a_lone_surrogate_is_served_and_logged_sanitised(live, mock, db_access):
+    from .conftest import LOGGING_KEY
+
+    raw = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "broken \\ud800 text"}]}'
+    response = httpx.post(live.url + "/v1/chat/completions", content=raw, timeout=10,
+                          headers={"Authorization": f"Bearer {LOGGING_KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 200
+    row = wait_for_log(response.headers["x-request-id"])
+    assert row.sanitized and "broken" in row.request_body
+    after = post(live, {**CHAT, "model": "gpt-4o-mini"}, key=LOGGING_KEY)
+    assert not wait_for_log(after.headers["x-request-id"]).sanitized  # logging goes on
