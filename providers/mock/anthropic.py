@@ -59,7 +59,7 @@ class AnthropicDialect(Dialect):
         return {"type": "error", "error": {"type": err_type or self.error_kind(status)[0], "message": message},
                 "request_id": "req_mock"}
 
-    def stream_error_event(self, status, message):
+    def stream_error_event(self, status, message, sent=()):
         return sse("error", {"type": "error", "error": {"type": self.error_kind(status)[0], "message": message}})
 
 

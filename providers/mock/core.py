@@ -177,8 +177,8 @@ class Dialect:
         return self.error(status, fault.get("message") or message, fault.get("error_type") or err_type,
                           fault.get("code", code), headers=headers)
 
-    def stream_error_event(self, status, message):
-        """The event a stream ends with when it fails after it started."""
+    def stream_error_event(self, status, message, sent=()):
+        """The event a stream ends with when it fails after it started (`sent`: the events before it)."""
         err_type, code, _ = self.error_kind(status)
         return "data: " + dumps(self.error_body(status, message, err_type, code)) + "\n\n"
 
@@ -241,7 +241,7 @@ def parse_json(raw):
         return _BAD_JSON
 
 
-def record_request(state, request, body, token, scheme):
+def record_request(state, request, body, token, scheme, **extra):
     headers = {k.lower(): v for k, v in request.headers.items()}
     for name in SECRET_HEADERS & headers.keys():
         headers[name] = "[redacted]"
@@ -254,6 +254,7 @@ def record_request(state, request, body, token, scheme):
         "json": body,
         "api_key": token,
         "auth_scheme": scheme,
+        **extra,
     })
 
 
@@ -402,7 +403,7 @@ async def stream(request, fault, head, content, tail, dialect=OPENAI, headers=No
     events = head + (content[:max(cut, 0)] if cut is not None else content + tail)
     if error_after is not None and drop_after is None and stall_after is None:
         status = int_option(fault, "error_status", 500)
-        events.append(dialect.stream_error_event(status, fault.get("message") or dialect.error_kind(status)[2]))
+        events.append(dialect.stream_error_event(status, fault.get("message") or dialect.error_kind(status)[2], events))
     if drop_after is not None and fault.get("drop_mid_event"):
         following = (content + tail)[max(drop_after, 0):]
         if following:
