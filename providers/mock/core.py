@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import collections
 import hashlib
 import hmac
@@ -114,6 +115,21 @@ def sign(text):
 
 def signature_is_valid(text, signature):
     return isinstance(text, str) and isinstance(signature, str) and hmac.compare_digest(sign(text), signature)
+
+
+def seal(text):
+    """Opaque encrypted_content the mock can verify later: the text and its signature, base64."""
+    return base64.b64encode(dumps({"text": text, "signature": sign(text)}).encode()).decode()
+
+
+def decode_sealed(content):
+    try:
+        sealed = json.loads(base64.b64decode(content, validate=True))
+    except (ValueError, TypeError, binascii.Error):
+        return None
+    if not isinstance(sealed, dict) or not signature_is_valid(sealed.get("text"), sealed.get("signature")):
+        return None
+    return sealed["text"]
 
 
 # ---------------------------------------------------------------- dialects

@@ -4,8 +4,6 @@ POST /v1/responses/compact, and the WebSocket mode on /v1/responses (Codex CLI's
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import time
 
@@ -14,7 +12,7 @@ from aiohttp import WSMsgType, web
 from .conversation import Turn, pieces, plan_reply, words_of
 from .core import (
     OPENAI, STATE, BadRequest, Dialect, answer, answer_faults, dumps, endpoint,
-    fault_options, int_option, json_response, record_request, require_model, sign, signature_is_valid,
+    decode_sealed, fault_options, int_option, json_response, record_request, require_model, seal,
     split_events, sse, stream,
 )
 
@@ -139,21 +137,6 @@ def _check_reasoning_came_back(items):
         call = items[calls[0]]
         raise _NotFound(f"Item '{call.get('id') or call.get('call_id')}' of type 'function_call' was provided "
                         "without its required 'reasoning' item.", "input", "missing_required_item")
-
-
-def seal(text):
-    """Opaque encrypted_content the mock can verify later: the text and its signature, base64."""
-    return base64.b64encode(dumps({"text": text, "signature": sign(text)}).encode()).decode()
-
-
-def decode_sealed(content):
-    try:
-        sealed = json.loads(base64.b64decode(content, validate=True))
-    except (ValueError, TypeError, binascii.Error):
-        return None
-    if not isinstance(sealed, dict) or not signature_is_valid(sealed.get("text"), sealed.get("signature")):
-        return None
-    return sealed["text"]
 
 
 # ---------------------------------------------------------------- building a response
