@@ -148,3 +148,16 @@ def test_the_handshake_needs_a_key(mock):
             return raised.value.status
 
     assert run(scenario) == 401
+
+
+def test_the_openai_sdk_websocket_client_reads_a_turn(mock):
+    import openai
+
+    client = openai.OpenAI(base_url=mock.base_url, api_key=KEY, max_retries=0)
+    with client.responses.connect() as connection:
+        connection.response.create(model="gpt-4o-mini", input=[{"role": "user", "content": "over the socket"}])
+        for event in connection:
+            if event.type == "response.completed":
+                break
+    assert event.response.output_text == "Hello from mock: over the socket"
+    assert mock.requests[-1]["transport"] == "websocket"
