@@ -159,8 +159,8 @@ def test_auth_failures_look_like_googles(mock):
 
 def test_a_stream_can_fail_with_an_error_chunk(client):
     chunks = sse_chunks(client, make_gemini_request(mock={"error_after": 2, "error_status": 503}))
-    assert len(chunks) == 3 and chunks[-1] == {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
-                                                         "status": "UNAVAILABLE"}}
+    overloaded = {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}
+    assert len(chunks) == 3 and chunks[-1] == {"error": overloaded}
 
 
 def test_count_tokens_and_models(client):

@@ -120,14 +120,15 @@ def test_reasoning_items_carry_encrypted_content_and_are_checked_when_they_come_
     assert first.usage.output_tokens_details.reasoning_tokens == 5
     history = [{"role": "user", "content": "Weather in Rome?"}, *[item.model_dump(exclude_none=True) for item in first.output],
                {"type": "function_call_output", "call_id": call.call_id, "output": "25 degrees, clear"}]
-    follow = sdk.responses.create(input=history, extra_body={"mock": {"require_signature": True}}, **ask)
+    require = {"mock": {"require_signature": True}}
+    follow = sdk.responses.create(input=history, extra_body=require, **ask)
     assert "25 degrees, clear" in follow.output_text
     with pytest.raises(openai.BadRequestError) as missing:
-        sdk.responses.create(input=[history[0], history[2], history[3]], extra_body={"mock": {"require_signature": True}}, **ask)
+        sdk.responses.create(input=[history[0], history[2], history[3]], extra_body=require, **ask)
     assert "without its required 'reasoning' item" in missing.value.message
     forged = dict(history[1], encrypted_content="bm90IG1pbmU=")
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk.responses.create(input=[history[0], forged, *history[2:]], extra_body={"mock": {"require_signature": True}}, **ask)
+        sdk.responses.create(input=[history[0], forged, *history[2:]], extra_body=require, **ask)
     assert bad.value.code == "invalid_encrypted_content"
 
 
@@ -138,8 +139,8 @@ def test_compact_keeps_user_messages_and_seals_the_rest(sdk):
     assert compacted.object == "response.compaction"
     assert [item.type for item in compacted.output] == ["message", "message", "compaction"]
     assert compacted.output[-1].encrypted_content and compacted.usage.total_tokens > 0
-    follow = sdk.responses.create(model="gpt-4o-mini", input=[*[i.model_dump(exclude_none=True, warnings=False) for i in compacted.output],
-                                                              {"role": "user", "content": "third"}],
+    kept = [item.model_dump(exclude_none=True, warnings=False) for item in compacted.output]
+    follow = sdk.responses.create(model="gpt-4o-mini", input=[*kept, {"role": "user", "content": "third"}],
                                   extra_body={"mock": {"require_signature": True}})
     assert follow.output_text == "Hello from mock: third"
 

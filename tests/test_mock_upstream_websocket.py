@@ -106,8 +106,9 @@ def test_faults_answer_with_an_error_frame_and_the_connection_stays_open(mock):
                 return limited, missing, garbage, await receive_turn(ws)
 
     limited, missing, garbage, fine = run(scenario)
-    assert limited == [{"type": "error", "status": 429, "error": {
-        "type": "requests", "code": "rate_limit_exceeded", "message": "Rate limit reached for requests (mock).", "param": None}}]
+    assert limited == [{"type": "error", "status": 429, "error": {"type": "requests", "code": "rate_limit_exceeded",
+                                                                   "message": "Rate limit reached for requests (mock).",
+                                                                   "param": None}}]
     assert missing[0]["status"] == 400 and missing[0]["error"]["code"] == "previous_response_not_found"
     assert garbage[0]["status"] == 400
     assert fine[-1]["type"] == "response.completed"

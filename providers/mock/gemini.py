@@ -16,7 +16,8 @@ _STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_D
              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 _MESSAGES = {
     429: "You exceeded your current quota, please check your plan and billing details. (mock)",
-    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    500: "An internal error has occurred. Please retry or report in "
+         "https://developers.generativeai.google/guide/troubleshooting",
     503: "The model is overloaded. Please try again later.",
     504: "Deadline expired before operation could complete.",
 }
