@@ -211,13 +211,13 @@ def test_a_malformed_event_keeps_its_event_name(client):
     assert 'event: content_block_delta\ndata: {"broken": \n\n' in text
 
 
-def test_count_tokens(client, sdk):
+def test_count_tokens_counts_system_and_messages(client, sdk):
     counted = sdk.messages.count_tokens(model="claude-sonnet-4-6", system="be brief",
                                         messages=[{"role": "user", "content": "one two three"}])
     assert counted.input_tokens == 2 + 3 + 3
 
 
-def test_models_in_anthropics_shape(client, sdk):
+def test_models_are_listed_in_anthropics_shape(client, sdk):
     page = sdk.models.list(limit=3)
     assert [m.type for m in page.data] == ["model"] * 3 and page.has_more is True
     assert len(list(sdk.models.list())) == len(client.get("/v1/models?limit=100").json()["data"])

@@ -163,7 +163,7 @@ def test_a_stream_can_fail_with_an_error_chunk(client):
     assert len(chunks) == 3 and chunks[-1] == {"error": overloaded}
 
 
-def test_count_tokens_and_models(client):
+def test_tokens_are_counted_and_models_listed(client):
     assert client.post("/models/gemini-2.5-flash:countTokens", json=make_gemini_request("a b c")).json()["totalTokens"] == 6
     names = [m["name"] for m in client.get("/models").json()["models"]]
     assert "models/gemini-2.5-flash" in names
