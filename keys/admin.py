@@ -9,7 +9,7 @@ from django.utils.html import format_html, format_html_join
 from redis.exceptions import RedisError
 
 from .limits import KeyUsage, usage_snapshot_sync
-from .models import VirtualKey
+from .models import KeySpend, VirtualKey
 
 USAGE_UNAVAILABLE = "unavailable (Redis unreachable)"
 
@@ -88,6 +88,22 @@ class VirtualKeyAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/keys/virtualkey/created.html", context)
         add_never_cache_headers(response)
         return response
+
+
+@admin.register(KeySpend)
+class KeySpendAdmin(admin.ModelAdmin):
+    """Spend per key and budget period, as last persisted from Redis: history, read-only."""
+
+    list_display = ["virtual_key", "period", "spent_usd", "updated_at"]
+    list_filter = ["period"]
+    search_fields = ["virtual_key__name", "period"]
+    list_select_related = ["virtual_key"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 def _usage_rows(obj, usage: KeyUsage) -> list[tuple[str, str]]:
