@@ -24,6 +24,17 @@ monthly, total) start at midnight in settings.GATEWAY_BUDGET_TIME_ZONE (default 
 
 Redis unreachable: rate limits fail open by default (serve, count nothing, log once per
 GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S); budgets fail closed by default (LimitsUnavailable, a 503).
+
+Settings (read with defaults, so none is required):
+    GATEWAY_BUDGET_TIME_ZONE            where budget periods start at midnight (default TIME_ZONE)
+    GATEWAY_BUDGET_RESERVATION_TTL_S    life of an unsettled reservation (GATEWAY_TOTAL_TIMEOUT_S + 60)
+    GATEWAY_RATE_LIMITS_FAIL_OPEN       serve uncounted when Redis is unreachable (True)
+    GATEWAY_BUDGETS_FAIL_OPEN           serve budgeted keys when Redis is unreachable (False)
+    GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S   at most one "Redis unreachable" error per process per … (30)
+
+Redis keys: gw:lim:{<key id>}:rpm|tpm|resv|resv_exp|reserved|spend:<period> (one hash tag per
+key) and the set gw:lim:dirty_spend that settle adds to (so on a Redis Cluster, settle would
+need that set moved under the key's tag; the gateway targets a single Redis or Valkey).
 """
 import logging
 import math
@@ -353,8 +364,11 @@ class Admission:
     finished: bool = field(default=False, repr=False)
 
     def headers(self) -> dict[str, str]:
-        """x-ratelimit-* in OpenAI's form, for the limits this key has (and Retry-After when refused)."""
+        """x-ratelimit-* in OpenAI's form, for the limits this key has (and Retry-After when refused);
+        none when nothing was counted (no limits, or Redis unreachable and failing open)."""
         out = {}
+        if self.allowed and not self.counted:
+            return out
         if self.rpm_limit is not None:
             out["x-ratelimit-limit-requests"] = str(self.rpm_limit)
             out["x-ratelimit-remaining-requests"] = str(max(self.rpm_remaining or 0, 0))

@@ -27,6 +27,15 @@ the requests read_state counted, and at least GATEWAY_RETRY_BUDGET_MIN (so quiet
 
 Redis unreachable: everything fails open (no cooldowns, circuits closed, retries allowed) and
 the outage is logged once per GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S.
+
+Settings (all optional; defaults in Policy): GATEWAY_CIRCUIT_FAILURES (5),
+GATEWAY_CIRCUIT_FAILURE_WINDOW_S (60), GATEWAY_CIRCUIT_OPEN_S (30; a route's cooldown_s can
+override it: Policy.from_settings(open_s=route.cooldown_s)), GATEWAY_CIRCUIT_PROBE_LEASE_S (30),
+GATEWAY_KEY_COOLDOWN_BASE_S (5), GATEWAY_KEY_COOLDOWN_CAP_S (300), GATEWAY_LATENCY_EWMA_ALPHA
+(0.2), GATEWAY_RETRY_BUDGET_RATIO (0.2), GATEWAY_RETRY_BUDGET_MIN (3).
+
+The scripts name keys of several targets and provider keys at once: a single Redis or Valkey,
+not a Redis Cluster.
 """
 import hashlib
 import logging

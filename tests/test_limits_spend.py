@@ -73,6 +73,16 @@ def test_persist_spend_copies_settled_spend_into_the_database(clean_dirty_set):
 
 
 @pytest.mark.django_db
+def test_the_beat_task_persists_spend(clean_dirty_set):
+    from keys.tasks import persist_key_spend
+
+    vk = make_virtual_key()
+    settle_one(vk, 0.125)
+    assert persist_key_spend.apply().get() == 1
+    assert KeySpend.objects.get(virtual_key=vk).spent_usd == Decimal("0.125")
+
+
+@pytest.mark.django_db
 def test_a_spend_lost_by_redis_is_rebuilt_from_the_request_log(clean_dirty_set):
     vk = make_virtual_key()
     make_request_log(vk, "1.25")
