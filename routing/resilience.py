@@ -397,6 +397,16 @@ async def report_attempt(route_id: int, target_id: int, provider_key_id: int | N
                         key_cooling_until=cool_until / 1000 if cool_until else None)
 
 
+async def release_probe(target_id: int, *, redis=None) -> None:
+    """Hand back a half-open probe read_state gave this request when the request will not try
+    that target after all (an earlier target answered), so the next request probes at once
+    instead of after the lease. ONE call; never raises for a Redis outage."""
+    try:
+        await (redis or async_client()).hset(circuit_key(target_id), "probe_until", 0)
+    except RedisError as exc:
+        outage_log.report("releasing a probe", exc)
+
+
 # --- session affinity -----------------------------------------------------------------------
 
 async def bind(route_id: int, session_id: str, target_id: int, ttl_s: float, *, redis=None) -> None:

@@ -212,6 +212,20 @@ def test_a_reservation_held_by_a_crashed_process_expires_after_its_ttl(settings)
     assert usage.reserved_usd == pytest.approx(0.6)  # only the live one
 
 
+def test_a_reservation_expires_on_redis_own_clock_too(settings):
+    settings.GATEWAY_BUDGET_RESERVATION_TTL_S = 0.3
+    key = make_key(budget_usd=1)
+
+    async def work(r):
+        await admit(key, estimated_tokens=0, max_cost_usd=0.9, redis=r)  # never settled
+        held = await admit(key, estimated_tokens=0, max_cost_usd=0.9, redis=r)
+        await asyncio.sleep(0.4)
+        return held, await admit(key, estimated_tokens=0, max_cost_usd=0.9, redis=r)
+
+    held, after_ttl = run(work)
+    assert not held.allowed and after_ttl.allowed
+
+
 def test_a_spent_budget_refuses_until_the_period_resets():
     key = make_key(budget_usd=0.1, budget_period="daily")
 

@@ -9,7 +9,7 @@ import pytest
 
 from routing import resilience
 from routing.resilience import (
-    Policy, bind, lookup, parse_duration, parse_reset_headers, read_state, report_attempt,
+    Policy, bind, lookup, parse_duration, parse_reset_headers, read_state, release_probe, report_attempt,
 )
 from tests.test_limits import closed_port_url, run
 
@@ -170,6 +170,20 @@ def test_a_probe_never_reported_lapses_after_its_lease():
 
     first, during, after = run(work)
     assert (first.circuits[target], during.circuits[target], after.circuits[target]) == ("probe", "open", "probe")
+
+
+def test_a_released_probe_goes_to_the_next_request_at_once():
+    route, target = new_id(), new_id()
+    policy = make_policy(open_s=30, probe_lease_s=10)
+
+    async def work(r):
+        await open_circuit(r, route, target, policy, T0)
+        first = await read_state(route, [target], policy=policy, now=T0 + 31, redis=r)
+        await release_probe(target, redis=r)
+        second = await read_state(route, [target], policy=policy, now=T0 + 32, redis=r)
+        return first.circuits[target], second.circuits[target]
+
+    assert run(work) == ("probe", "probe")
 
 
 # --- affinity, latency, retry budget -----------------------------------------------------------
