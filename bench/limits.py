@@ -1,7 +1,7 @@
 """Micro-benchmark: the Redis cost of one request's admission and routing state.
 
-    /work/venv/bin/python bench/limits.py                 # 2000 requests, sequential and at c=32
-    /work/venv/bin/python bench/limits.py -n 5000 -c 64
+    .venv/bin/python bench/limits.py                 # 2000 requests, sequential and at c=32
+    .venv/bin/python bench/limits.py -n 5000 -c 64
 
 Per request it times admit + settle (keys/limits.py) for a key with RPM, TPM and a budget, and
 read_state + report_attempt (routing/resilience.py) for a route of three targets and keys.
