@@ -150,7 +150,57 @@ def anthropic_request(draw):
     return req
 
 
-REQUESTS = {"openai_chat": chat_request(), "anthropic_messages": anthropic_request()}
+@st.composite
+def responses_assistant(draw):
+    parts = []
+    if draw(st.booleans()):
+        parts.append(hub.Thinking(text=draw(st.sampled_from(["", "summary"])), encrypted_content=draw(blobs),
+                                  id=draw(st.from_regex(r"rs_[a-z0-9]{4}", fullmatch=True))))
+    parts += draw(st.lists(words.map(hub.Text), max_size=2))
+    parts += draw(st.lists(make_tool_call(), max_size=3, unique_by=lambda c: c.id))
+    return parts or [hub.Text(draw(words))]
+
+
+def responses_tool_results(calls):
+    @st.composite
+    def results(draw):
+        out = []
+        for call in calls:
+            parts = draw(st.sampled_from([[hub.Text("ok")], [hub.Text("see"), hub.Image(url="https://x.test/a.png")],
+                                          [hub.Image(data="QUJD", media_type="image/png", detail="low")]]))
+            out.append(hub.ToolResult(call.id, parts))
+        return [hub.Message(hub.Role.TOOL, out)]
+    return results()
+
+
+@st.composite
+def responses_request(draw):
+    tools = draw(make_tools())
+    for tool in tools:
+        tool.strict = draw(st.booleans())
+    req = hub.Request(model="m", format="openai_responses", tools=tools)
+    req.system = draw(st.lists(words.map(hub.Text), max_size=1))
+    req.messages = draw(conversation(system_messages=True, assistant=responses_assistant(),
+                                     tool_result=responses_tool_results, user_image=make_image(url=True, data=True)))
+    if tools:
+        req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto"), hub.ToolChoice("required"),
+                                                hub.ToolChoice("none"), hub.ToolChoice("tool", tools[0].name)]))
+        req.parallel_tool_calls = draw(st.sampled_from([None, True, False]))
+    req.max_tokens = draw(st.none() | st.integers(1, 10_000))
+    req.temperature = draw(st.none() | st.floats(0, 2, allow_nan=False))
+    req.top_p = draw(st.none() | st.floats(0, 1, allow_nan=False))
+    req.stream = draw(st.booleans())
+    req.reasoning_effort = draw(st.sampled_from([None, "minimal", "low", "high"]))
+    req.user = draw(st.none() | names)
+    req.metadata = draw(st.none() | st.dictionaries(names, words, max_size=2))
+    req.response_format = draw(st.sampled_from([None, hub.ResponseFormat("json_object"),
+                                                hub.ResponseFormat("json_schema", {"type": "object"}, "answer", True)]))
+    req.extras = draw(st.dictionaries(st.sampled_from(["store", "truncation", "service_tier"]), json_values, max_size=2))
+    return req
+
+
+REQUESTS = {"openai_chat": chat_request(), "anthropic_messages": anthropic_request(),
+            "openai_responses": responses_request()}
 
 
 def assert_same_request(got: hub.Request, want: hub.Request):
@@ -206,7 +256,23 @@ def anthropic_answer(draw):
                       stop_sequence="END" if stop == hub.StopReason.STOP_SEQUENCE else None)
 
 
-ANSWERS = {"openai_chat": chat_answer(), "anthropic_messages": anthropic_answer()}
+@st.composite
+def responses_answer(draw):
+    parts = draw(responses_assistant())
+    for part in parts:
+        if isinstance(part, hub.Thinking):
+            part.source_model = "m"
+    calls = any(isinstance(p, hub.ToolCall) for p in parts)
+    stop = draw(st.sampled_from([hub.StopReason.TOOL_USE if calls else hub.StopReason.END,
+                                 hub.StopReason.MAX_TOKENS, hub.StopReason.CONTENT_FILTER]))
+    usage = draw(make_usage())
+    usage.cache_write = draw(st.integers(0, 1000))
+    usage.reasoning_tokens = draw(st.integers(0, usage.output_tokens))
+    return hub.Answer("resp_1", "m", parts, stop, usage)
+
+
+ANSWERS = {"openai_chat": chat_answer(), "anthropic_messages": anthropic_answer(),
+           "openai_responses": responses_answer()}
 
 
 @pytest.mark.parametrize("name", sorted(ANSWERS))
@@ -238,6 +304,8 @@ def answer_events(ans: hub.Answer) -> list:
                 events.append(hub.ThinkingDelta(index, part.text))
             if part.signature:
                 events.append(hub.SignatureDelta(index, part.signature))
+            if part.encrypted_content:
+                events.append(hub.SignatureDelta(index, part.encrypted_content, encrypted=True))
         elif isinstance(part, hub.ToolCall):
             events += [hub.BlockStart(index, hub.BlockKind.TOOL_CALL, tool_id=part.id, tool_name=part.name),
                        hub.ToolArgsDelta(index, part.arguments)]
