@@ -199,8 +199,54 @@ def responses_request(draw):
     return req
 
 
+@st.composite
+def gemini_assistant(draw):
+    parts = []
+    thinking = draw(st.sampled_from([None, hub.Thinking(text="hmm"), hub.Thinking(text="hmm", signature="c2ln"),
+                                     hub.Thinking(signature="c2lnLW9ubHk=")]))
+    if thinking:
+        parts.append(thinking)
+    if draw(st.booleans()):
+        parts.append(hub.Text(draw(words)))
+    parts += draw(st.lists(make_tool_call(), max_size=3, unique_by=lambda c: c.id))
+    return parts or [hub.Text(draw(words))]
+
+
+def gemini_tool_results(calls):
+    @st.composite
+    def results(draw):
+        return [hub.Message(hub.Role.TOOL, [hub.ToolResult(c.id, [hub.Text(draw(words))], draw(st.booleans()), c.name)
+                                            for c in calls])]
+    return results()
+
+
+@st.composite
+def gemini_request(draw):
+    tools = draw(make_tools())
+    req = hub.Request(model="", format="gemini", tools=tools)  # Gemini names the model in the URL
+    req.system = draw(st.lists(words.map(hub.Text), max_size=2))
+    image = st.one_of(make_image(url=False, data=True),
+                      st.builds(hub.Image, url=st.just("https://x.test/b.webp"), media_type=st.just("image/webp")))
+    req.messages = draw(conversation(system_messages=False, assistant=gemini_assistant(),
+                                     tool_result=gemini_tool_results, user_image=image))
+    if tools:
+        req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto"), hub.ToolChoice("required"),
+                                                hub.ToolChoice("none"), hub.ToolChoice("tool", tools[0].name)]))
+    req.max_tokens = draw(st.none() | st.integers(1, 10_000))
+    req.temperature = draw(st.none() | st.floats(0, 2, allow_nan=False))
+    req.top_p = draw(st.none() | st.floats(0, 1, allow_nan=False))
+    req.stop = draw(st.lists(words, max_size=2))
+    req.reasoning_budget = draw(st.none() | st.integers(0, 30_000))
+    req.response_format = draw(st.sampled_from([None, hub.ResponseFormat("json_object"),
+                                                hub.ResponseFormat("json_schema", {"type": "object"})]))
+    req.extras = draw(st.fixed_dictionaries({}, optional={
+        "safetySettings": st.just([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]),
+        "generationConfig": st.fixed_dictionaries({"topK": st.integers(1, 40)})}))
+    return req
+
+
 REQUESTS = {"openai_chat": chat_request(), "anthropic_messages": anthropic_request(),
-            "openai_responses": responses_request()}
+            "openai_responses": responses_request(), "gemini": gemini_request()}
 
 
 def assert_same_request(got: hub.Request, want: hub.Request):
@@ -271,8 +317,23 @@ def responses_answer(draw):
     return hub.Answer("resp_1", "m", parts, stop, usage)
 
 
+@st.composite
+def gemini_answer(draw):
+    parts = draw(gemini_assistant())
+    for part in parts:
+        if isinstance(part, hub.Thinking):
+            part.source_model = "m"
+    calls = any(isinstance(p, hub.ToolCall) for p in parts)
+    stop, raw = draw(st.sampled_from([(hub.StopReason.TOOL_USE if calls else hub.StopReason.END, None),
+                                      (hub.StopReason.MAX_TOKENS, None), (hub.StopReason.CONTENT_FILTER, "RECITATION"),
+                                      (hub.StopReason.OTHER, "MALFORMED_FUNCTION_CALL")]))
+    usage = draw(make_usage())
+    usage.reasoning_tokens = draw(st.integers(0, usage.output_tokens))
+    return hub.Answer("r-1", "m", parts, stop, usage, stop_raw=raw)
+
+
 ANSWERS = {"openai_chat": chat_answer(), "anthropic_messages": anthropic_answer(),
-           "openai_responses": responses_answer()}
+           "openai_responses": responses_answer(), "gemini": gemini_answer()}
 
 
 @pytest.mark.parametrize("name", sorted(ANSWERS))
