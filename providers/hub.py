@@ -63,6 +63,7 @@ class Thinking:
     encrypted_content: str | None = None
     source_model: str | None = None
     id: str | None = None  # Responses reasoning item id
+    origin: str | None = None  # the wire format of the provider that sealed it (see wire.seal)
 
 
 @dataclass(slots=True)
@@ -209,10 +210,13 @@ class ThinkingDelta:
 @dataclass(slots=True)
 class SignatureDelta:
     """The opaque seal of a thinking block: a signature, or (encrypted=True) OpenAI
-    Responses encrypted_content."""
+    Responses encrypted_content; `origin` is the wire format that sealed it, `id` the
+    Responses reasoning item it belongs to."""
     index: int
     signature: str
     encrypted: bool = False
+    origin: str | None = None
+    id: str | None = None
 
 
 @dataclass(slots=True)

@@ -102,9 +102,9 @@ def chat_request(draw):
 def anthropic_assistant(draw):
     parts = []
     if draw(st.booleans()):
-        parts.append(draw(st.sampled_from([hub.Thinking(text="let me see", signature="sig-1"),
-                                           hub.Thinking(redacted="opaque=="),
-                                           hub.Thinking(text="", signature="sig-only")])))
+        parts.append(draw(st.sampled_from([hub.Thinking(text="let me see", signature="sig-1", origin="anthropic_messages"),
+                                           hub.Thinking(redacted="opaque==", origin="anthropic_messages"),
+                                           hub.Thinking(text="", signature="sig-only", origin="anthropic_messages")])))
     if draw(st.booleans()):
         parts.append(hub.Text(draw(words)))
     parts += draw(st.lists(make_tool_call(), max_size=3, unique_by=lambda c: c.id))
@@ -155,7 +155,7 @@ def responses_assistant(draw):
     parts = []
     if draw(st.booleans()):
         parts.append(hub.Thinking(text=draw(st.sampled_from(["", "summary"])), encrypted_content=draw(blobs),
-                                  id=draw(st.from_regex(r"rs_[a-z0-9]{4}", fullmatch=True))))
+                                  id=draw(st.from_regex(r"rs_[a-z0-9]{4}", fullmatch=True)), origin="openai_responses"))
     parts += draw(st.lists(words.map(hub.Text), max_size=2))
     parts += draw(st.lists(make_tool_call(), max_size=3, unique_by=lambda c: c.id))
     return parts or [hub.Text(draw(words))]
@@ -202,8 +202,9 @@ def responses_request(draw):
 @st.composite
 def gemini_assistant(draw):
     parts = []
-    thinking = draw(st.sampled_from([None, hub.Thinking(text="hmm"), hub.Thinking(text="hmm", signature="c2ln"),
-                                     hub.Thinking(signature="c2lnLW9ubHk=")]))
+    thinking = draw(st.sampled_from([None, hub.Thinking(text="hmm"),
+                                     hub.Thinking(text="hmm", signature="c2ln", origin="gemini"),
+                                     hub.Thinking(signature="c2lnLW9ubHk=", origin="gemini")]))
     if thinking:
         parts.append(thinking)
     if draw(st.booleans()):
@@ -364,9 +365,9 @@ def answer_events(ans: hub.Answer) -> list:
             if part.text:
                 events.append(hub.ThinkingDelta(index, part.text))
             if part.signature:
-                events.append(hub.SignatureDelta(index, part.signature))
+                events.append(hub.SignatureDelta(index, part.signature, origin=part.origin))
             if part.encrypted_content:
-                events.append(hub.SignatureDelta(index, part.encrypted_content, encrypted=True))
+                events.append(hub.SignatureDelta(index, part.encrypted_content, True, part.origin))
         elif isinstance(part, hub.ToolCall):
             events += [hub.BlockStart(index, hub.BlockKind.TOOL_CALL, tool_id=part.id, tool_name=part.name),
                        hub.ToolArgsDelta(index, part.arguments)]
@@ -381,6 +382,8 @@ def comparable(events: list) -> list:
     for event in events:
         if isinstance(event, hub.Start):
             event = hub.Start("", event.model)
+        if isinstance(event, hub.SignatureDelta):  # a Responses writer names its own reasoning items
+            event = hub.SignatureDelta(event.index, event.signature, event.encrypted, event.origin)
         out.append(event)
     return out
 

@@ -47,7 +47,7 @@ def test_gemini_calls_without_ids_are_matched_to_their_responses_by_name_and_ord
     results = req.messages[2].parts
     assert [c.id for c in calls] == [r.call_id for r in results] == ["gemini_call_0", "gemini_call_1"]
     assert [r.parts for r in results] == [[hub.Text("sunny")], [hub.Text("{\"temp\": 31}")]]
-    assert req.messages[1].parts[0] == hub.Thinking(signature="R2VtU2ln")
+    assert req.messages[1].parts[0] == hub.Thinking(signature="R2VtU2ln", origin="gemini")
 
 
 def test_a_gemini_request_becomes_an_anthropic_request():
@@ -59,9 +59,8 @@ def test_a_gemini_request_becomes_an_anthropic_request():
             {"role": "user", "content": [
                 {"type": "text", "text": "Weather in Paris and Rome?"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4A=="}}]},
-            # Gemini's thought signature is not Anthropic's: an unsourced one is passed on as it came
+            # Gemini's thought signature means nothing to Anthropic: it is left out
             {"role": "assistant", "content": [
-                {"type": "thinking", "thinking": "", "signature": "R2VtU2ln"},
                 {"type": "tool_use", "id": "gemini_call_0", "name": "weather", "input": {"city": "Paris"}},
                 {"type": "tool_use", "id": "gemini_call_1", "name": "weather", "input": {"city": "Rome"}}]},
             {"role": "user", "content": [
@@ -74,6 +73,7 @@ def test_a_gemini_request_becomes_an_anthropic_request():
     }
     assert dict(diagnostics) == {
         "tools[1]": "built-in tool googleSearch has no equivalent",
+        "messages.1.thinking": "reasoning sealed by a gemini provider is only valid there",
         "reasoning": "Anthropic cannot think while a tool use is forced",
         "generationConfig": "no equivalent in anthropic_messages",
     }
@@ -161,11 +161,11 @@ def test_a_gemini_answer_becomes_a_chat_completion_with_thoughts_counted_as_comp
                              "completion_tokens_details": {"reasoning_tokens": 25}}
 
 
-def test_a_gemini_answer_keeps_its_signature_for_an_anthropic_client():
+def test_a_gemini_answer_hands_its_signature_to_an_anthropic_client_sealed_with_its_origin():
     body = translate_answer(GEMINI_ANSWER, "gemini", "anthropic_messages", "client-model")
     assert body["content"] == [
         {"type": "thinking", "thinking": "Thinking about it", "signature": ""},
-        {"type": "thinking", "thinking": "", "signature": "U2lnMQ=="},
+        {"type": "thinking", "thinking": "", "signature": "gemini:U2lnMQ=="},
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "gemini_call_0", "name": "f", "input": {"a": 1}}]
     assert body["usage"]["cache_read_input_tokens"] == 100 and body["usage"]["input_tokens"] == 20
@@ -214,7 +214,7 @@ def test_a_gemini_stream_reads_into_hub_events():
         hub.BlockStart(0, hub.BlockKind.THINKING), hub.ThinkingDelta(0, "先"), hub.ThinkingDelta(0, "想"),
         hub.BlockStop(0),
         hub.BlockStart(1, hub.BlockKind.TEXT), hub.TextDelta(1, "中文"), hub.TextDelta(1, "回答"), hub.BlockStop(1),
-        hub.BlockStart(2, hub.BlockKind.THINKING), hub.SignatureDelta(2, "U0lH"), hub.BlockStop(2),
+        hub.BlockStart(2, hub.BlockKind.THINKING), hub.SignatureDelta(2, "U0lH", origin="gemini"), hub.BlockStop(2),
         hub.BlockStart(3, hub.BlockKind.TOOL_CALL, tool_id="gemini_call_0", tool_name="f"),
         hub.ToolArgsDelta(3, "{\"x\": \"é\"}"), hub.BlockStop(3),
         hub.BlockStart(4, hub.BlockKind.TOOL_CALL, tool_id="given", tool_name="g"),
@@ -281,3 +281,23 @@ def test_a_gemini_error_chunk_becomes_the_clients_error():
     translator = make_translator("gemini", "anthropic_messages")
     assert parse_sse(translator.feed(data) + translator.finish()) == [
         ("error", {"type": "error", "error": {"type": "api_error", "message": "The model is overloaded."}})]
+
+
+def test_a_gemini_signature_goes_through_an_anthropic_client_and_back_to_gemini_unchanged():
+    answer = translate_answer(GEMINI_ANSWER, "gemini", "anthropic_messages", "client-model")
+    history = {"model": "client-model", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": answer["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "gemini_call_0", "content": "1"}]}]}
+    to_gemini, diagnostics = translate_request(history, "anthropic_messages", "gemini", "gemini-2.5-pro")
+    assert to_gemini["contents"][1]["parts"] == [
+        {"text": "Thinking about it", "thought": True},
+        {"text": "Checking.", "thoughtSignature": "U2lnMQ=="},  # back on the part it came on
+        {"functionCall": {"name": "f", "args": {"a": 1}}}]
+    assert to_gemini["contents"][2]["parts"] == [{"functionResponse": {"name": "f", "response": {"result": "1"}}}]
+    assert diagnostics == []
+    to_claude, diagnostics = translate_request(history, "anthropic_messages", "anthropic_messages", "claude-x")
+    assert to_claude["messages"][1]["content"] == [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "gemini_call_0", "name": "f", "input": {"a": 1}}]
+    assert ("messages.1.thinking", "reasoning sealed by a gemini provider is only valid there") in diagnostics

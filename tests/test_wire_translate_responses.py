@@ -148,7 +148,7 @@ RESPONSE = {
 
 def test_a_response_with_a_function_call_becomes_an_anthropic_tool_use_answer():
     body = translate_answer(RESPONSE, "openai_responses", "anthropic_messages", "client-model")
-    assert body["content"] == [{"type": "thinking", "thinking": "Plan", "signature": ""},
+    assert body["content"] == [{"type": "thinking", "thinking": "Plan", "signature": "openai_responses:rs_1:E=="},
                                {"type": "text", "text": "Calling"},
                                {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]
     assert body["stop_reason"] == "tool_use"
@@ -260,7 +260,7 @@ def test_a_responses_stream_reads_into_hub_events():
         hub.Start("resp_9", "gpt-up"),
         hub.BlockStart(0, hub.BlockKind.THINKING),
         hub.ThinkingDelta(0, "思考"), hub.ThinkingDelta(0, "\n\n"), hub.ThinkingDelta(0, "更多"),
-        hub.SignatureDelta(0, "ENC+/==", encrypted=True),
+        hub.SignatureDelta(0, "ENC+/==", True, "openai_responses", "rs_9"),
         hub.BlockStop(0),
         hub.BlockStart(1, hub.BlockKind.TEXT), hub.TextDelta(1, "答案"), hub.BlockStop(1),
         hub.BlockStart(2, hub.BlockKind.TOOL_CALL, tool_id="call_9", tool_name="f"),
@@ -280,12 +280,13 @@ def test_a_responses_stream_split_at_every_byte_gives_the_same_chat_bytes():
         assert got == want, cut
 
 
-def test_a_responses_stream_becomes_anthropic_without_openais_encrypted_reasoning():
+def test_a_responses_stream_becomes_anthropic_with_openais_encrypted_reasoning_sealed():
     translator = make_translator("openai_responses", "anthropic_messages")
     events = parse_sse(translator.feed(RESPONSES_STREAM) + translator.finish())
     deltas = [p["delta"] for name, p in events if name == "content_block_delta"]
     assert {"type": "thinking_delta", "thinking": "思考"} in deltas
-    assert not [d for d in deltas if d["type"] == "signature_delta"]
+    assert [d for d in deltas if d["type"] == "signature_delta"] == [
+        {"type": "signature_delta", "signature": "openai_responses:rs_9:ENC+/=="}]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
     assert translator.usage == hub.Usage(input_tokens=40, cached_read=10, output_tokens=9, reasoning_tokens=4)
 
@@ -316,3 +317,33 @@ def test_responses_errors_have_the_openai_shape():
         "error": {"message": "Bad", "type": "invalid_request_error", "param": "input", "code": None}}
     assert parse_sse(codec("openai_responses").error_event(500, "server_error", "Boom")) == [
         ("error", {"type": "error", "code": "server_error", "message": "Boom", "param": None, "sequence_number": 0})]
+
+
+def test_openai_reasoning_goes_through_an_anthropic_client_and_back_byte_for_byte():
+    answer = translate_answer(RESPONSE, "openai_responses", "anthropic_messages", "client-model")
+    history = {"model": "client-model", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": answer["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "done"}]}]}
+    body, diagnostics = translate_request(history, "anthropic_messages", "openai_responses", "gpt-up")
+    assert body["input"][1:4] == [
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan"}], "encrypted_content": "E=="},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}]
+    assert diagnostics == []
+    to_claude, diagnostics = translate_request(history, "anthropic_messages", "anthropic_messages", "claude-x")
+    assert [b["type"] for b in to_claude["messages"][1]["content"]] == ["text", "tool_use"]
+    assert ("messages.1.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
+
+
+def test_a_claude_signature_goes_through_a_responses_client_and_back_to_anthropic_unchanged():
+    translator = make_translator("anthropic_messages", "openai_responses")
+    events = parse_sse(translator.feed(ANTHROPIC_THINKING_AND_TOOLS) + translator.finish())
+    output = events[-1][1]["response"]["output"]
+    assert output[0]["encrypted_content"] == "anthropic_messages:EqQBCgIYAh"
+    history = make_responses_request(input=[{"role": "user", "content": "go"}, *output,
+                                            {"type": "function_call_output", "call_id": "toolu_1", "output": "1"},
+                                            {"type": "function_call_output", "call_id": "toolu_2", "output": "2"}])
+    body, diagnostics = translate_request(history, "openai_responses", "anthropic_messages", "claude-x")
+    assert body["messages"][1]["content"][0] == {"type": "thinking", "thinking": "Two calls.", "signature": "EqQBCgIYAh"}
+    assert diagnostics == []

@@ -5,8 +5,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, error_message, load_json, parse_arguments, require_bool, require_model,
-    require_positive_int,
+    InvalidField, error_message, foreign, load_json, parse_arguments, require_bool, require_model,
+    require_positive_int, seal, sealed_thinking,
 )
 from .openai_chat import object_schema
 
@@ -154,9 +154,9 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
             return hub.Image(data=source.get("data"), media_type=source.get("media_type"))
         raise InvalidField(f"{where}.source", f"Image source {source.get('type')!r} cannot be translated.")
     if kind == "thinking":
-        return hub.Thinking(text=block.get("thinking", ""), signature=block.get("signature"), source_model=model)
+        return sealed_thinking(block.get("thinking", ""), block.get("signature"), FORMAT, source_model=model)
     if kind == "redacted_thinking":
-        return hub.Thinking(redacted=block.get("data"), source_model=model)
+        return hub.Thinking(redacted=block.get("data"), source_model=model, origin=FORMAT)
     if kind == "tool_use":
         return hub.ToolCall(block.get("id", ""), block.get("name", ""),
                             json.dumps(block.get("input") or {}, ensure_ascii=False))
@@ -303,6 +303,9 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
     if isinstance(part, hub.Image):
         return _write_image(part)
     if isinstance(part, hub.Thinking):
+        if foreign(part, FORMAT):
+            req.drop(f"{where}.thinking", f"reasoning sealed by a {part.origin} provider is only valid there")
+            return None
         if part.source_model and part.source_model != model and (part.signature or part.redacted):
             req.drop(f"{where}.thinking", f"signed reasoning from {part.source_model} is not valid for {model}")
             return None
@@ -413,10 +416,12 @@ def _answer_block(part, model: str) -> dict | None:
     if isinstance(part, hub.Thinking):
         if part.redacted:
             return {"type": "redacted_thinking", "data": part.redacted}
-        if not part.text and not part.signature:
+        value = part.signature or part.encrypted_content
+        if not part.text and not value:
             return None
-        # reasoning from other providers arrives unsigned; the field is required, so empty
-        return {"type": "thinking", "thinking": part.text, "signature": part.signature or ""}
+        # unsigned reasoning (chat providers) gets "": the field is required
+        return {"type": "thinking", "thinking": part.text,
+                "signature": seal(value, part.origin, FORMAT, part.id) if value else ""}
     if isinstance(part, hub.ToolCall):
         return {"type": "tool_use", "id": part.id, "name": part.name, "input": parse_arguments(part.arguments)}
     return None
@@ -548,7 +553,7 @@ class StreamReader:
         if kind == "thinking_delta":
             return [hub.ThinkingDelta(index, delta.get("thinking", ""))]
         if kind == "signature_delta":
-            return [hub.SignatureDelta(index, delta.get("signature", ""))]
+            return [hub.SignatureDelta(index, delta.get("signature", ""), origin=FORMAT)]
         if kind == "input_json_delta":
             return [hub.ToolArgsDelta(index, delta.get("partial_json", ""))]
         return []  # citations_delta and later kinds
@@ -586,8 +591,9 @@ class StreamWriter:
             out += self._delta(event.index, hub.BlockKind.TEXT, {"type": "text_delta", "text": event.text})
         elif isinstance(event, hub.ThinkingDelta):
             out += self._delta(event.index, hub.BlockKind.THINKING, {"type": "thinking_delta", "thinking": event.text})
-        elif isinstance(event, hub.SignatureDelta) and not event.encrypted:
-            out += self._delta(event.index, hub.BlockKind.THINKING, {"type": "signature_delta", "signature": event.signature})
+        elif isinstance(event, hub.SignatureDelta):
+            signature = seal(event.signature, event.origin, FORMAT, event.id)
+            out += self._delta(event.index, hub.BlockKind.THINKING, {"type": "signature_delta", "signature": signature})
         elif isinstance(event, hub.ToolArgsDelta):
             out += self._delta(event.index, hub.BlockKind.TOOL_CALL, {"type": "input_json_delta", "partial_json": event.json})
         elif isinstance(event, hub.BlockStop):

@@ -8,7 +8,7 @@ import uuid
 
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
-from . import InvalidField, error_message, load_json, parse_arguments, require_positive_int
+from . import InvalidField, error_message, foreign, load_json, parse_arguments, require_positive_int, seal, sealed_thinking
 from .openai_chat import object_schema
 
 FORMAT = "gemini"
@@ -136,10 +136,17 @@ def _read_parts(parts: list, where: str, ids: _CallIds, model: str | None = None
     for j, part in enumerate(parts):
         signature = part.get("thoughtSignature")
         if part.get("thought"):
-            out.append(hub.Thinking(text=part.get("text", ""), signature=signature, source_model=model))
+            last = out[-1] if out else None
+            if signature and not part.get("text") and isinstance(last, hub.Thinking) and last.text and not (
+                    last.signature or last.encrypted_content):
+                # the seal streamed after a thought's text (see StreamWriter) belongs to that thought
+                sealed = sealed_thinking(last.text, signature, FORMAT, source_model=model)
+                out[-1] = sealed
+                continue
+            out.append(sealed_thinking(part.get("text", ""), signature, FORMAT, source_model=model))
             continue
         if signature:
-            out.append(hub.Thinking(signature=signature, source_model=model))
+            out.append(sealed_thinking("", signature, FORMAT, source_model=model))
         if "text" in part:
             if part["text"] or not signature:
                 out.append(hub.Text(part["text"]))
@@ -257,6 +264,12 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
     pending = None  # a signature waiting for the next part
     for part in parts:
         if isinstance(part, hub.Thinking):
+            if req is not None and foreign(part, FORMAT):
+                req.drop(f"{where}.thought", f"reasoning sealed by a {part.origin} provider is only valid there")
+                continue
+            value = part.signature or part.encrypted_content
+            if req is None and value:  # an answer for a client: another provider's seal goes out sealed
+                part = hub.Thinking(text=part.text, signature=seal(value, part.origin, FORMAT, part.id))
             if req is not None and part.source_model and part.source_model != model and part.signature:
                 req.drop(f"{where}.thought", f"signed reasoning from {part.source_model} is not valid for {model}")
                 continue  # (answers keep it: their `model` is the name the client asked for)
@@ -267,8 +280,8 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
                 out.append(thought)
             elif part.signature:
                 pending = part.signature
-            elif (part.redacted or part.encrypted_content) and req is not None:
-                req.drop(f"{where}.thought", "another provider's opaque reasoning has no Gemini form")
+            elif part.redacted and req is not None:
+                req.drop(f"{where}.thought", "Anthropic's redacted reasoning has no Gemini form")
             continue
         if isinstance(part, hub.Text):
             item = {"text": part.text}
@@ -502,11 +515,11 @@ class StreamReader:
             if part.get("text"):
                 events.append(hub.ThinkingDelta(self._open[1], part["text"]))
             if signature:
-                events.append(hub.SignatureDelta(self._open[1], signature))
+                events.append(hub.SignatureDelta(self._open[1], signature, origin=FORMAT))
             return events
         if signature:  # a signature-only thinking block before the part it came on
             events += self._begin(hub.BlockKind.THINKING)
-            events += [hub.SignatureDelta(self._open[1], signature)] + self._close_open()
+            events += [hub.SignatureDelta(self._open[1], signature, origin=FORMAT)] + self._close_open()
         if part.get("text"):
             if not self._open or self._open[0] != hub.BlockKind.TEXT:
                 events += self._begin(hub.BlockKind.TEXT)
@@ -554,11 +567,10 @@ class StreamWriter:
             self._texts[event.index] = True
             return self._chunk({"text": event.text, "thought": True})
         if isinstance(event, hub.SignatureDelta):
-            if event.encrypted:
-                return b""  # OpenAI's encrypted reasoning means nothing to Gemini clients
+            signature = seal(event.signature, event.origin, FORMAT, event.id)
             if self._texts.get(event.index):
-                return self._chunk({"text": "", "thought": True, "thoughtSignature": event.signature})
-            self._pending = event.signature
+                return self._chunk({"text": "", "thought": True, "thoughtSignature": signature})
+            self._pending = signature
             return b""
         if isinstance(event, hub.ToolArgsDelta):
             if event.index in self._calls:

@@ -6,7 +6,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data
 from . import (
-    InvalidField, dumps, error_message, load_json, require_bool, require_model, require_positive_int,
+    InvalidField, dumps, error_message, foreign, load_json, require_bool, require_model, require_positive_int,
+    seal, sealed_thinking,
 )
 from .openai_chat import error_body, object_schema
 
@@ -112,8 +113,9 @@ def _read_item(item: dict, where: str, req: hub.Request) -> None:
     elif kind == "reasoning":
         texts = [s.get("text", "") for s in item.get("summary") or []]
         texts = texts or [c.get("text", "") for c in item.get("content") or []]
-        _assistant(req).parts.append(hub.Thinking(text="\n\n".join(texts), encrypted_content=item.get("encrypted_content"),
-                                                  id=item.get("id")))
+        thinking = sealed_thinking("\n\n".join(texts), item.get("encrypted_content"), FORMAT)
+        thinking.id = thinking.id or item.get("id")
+        _assistant(req).parts.append(thinking)
     elif kind == "function_call":
         _assistant(req).parts.append(hub.ToolCall(item["call_id"], item.get("name", ""), item.get("arguments") or "{}"))
     elif kind == "custom_tool_call":
@@ -270,6 +272,9 @@ def _write_assistant(message: hub.Message, kinds: dict, where: str, req: hub.Req
 def _write_reasoning(part: hub.Thinking, where: str, req: hub.Request, model: str) -> dict | None:
     """OpenAI accepts only its own reasoning items back: an id and, when stateless, the
     encrypted_content it issued (passed on byte for byte)."""
+    if foreign(part, FORMAT):
+        req.drop(f"{where}.reasoning", f"reasoning sealed by a {part.origin} provider is only valid there")
+        return None
     if part.source_model and part.source_model != model and part.encrypted_content:
         req.drop(f"{where}.reasoning", f"encrypted reasoning from {part.source_model} is not valid for {model}")
         return None
@@ -375,7 +380,8 @@ def read_answer(body) -> hub.Answer:
             texts = [s.get("text", "") for s in item.get("summary") or []]
             texts = texts or [c.get("text", "") for c in item.get("content") or []]
             parts.append(hub.Thinking(text="\n\n".join(texts), encrypted_content=item.get("encrypted_content"),
-                                      source_model=model, id=item.get("id")))
+                                      source_model=model, id=item.get("id"),
+                                      origin=FORMAT if item.get("encrypted_content") else None))
         elif kind == "message":
             for content in item.get("content") or []:
                 if content.get("type") == "refusal":
@@ -408,12 +414,13 @@ def _output_items(parts: list, response_id: str) -> list[dict]:
                           "role": "assistant",
                           "content": [{"type": "output_text", "text": part.text, "annotations": []}]})
         elif isinstance(part, hub.Thinking):
-            if part.redacted or part.signature and not part.encrypted_content and not part.text:
-                continue  # other providers' opaque reasoning means nothing to a Responses client
+            if part.redacted:
+                continue  # Anthropic's redacted reasoning has no Responses form
             item = {"type": "reasoning", "id": part.id or f"rs_{response_id}_{n}",
                     "summary": [{"type": "summary_text", "text": part.text}] if part.text else []}
-            if part.encrypted_content is not None:
-                item["encrypted_content"] = part.encrypted_content
+            value = part.encrypted_content or part.signature
+            if value:  # another provider's signature rides here, sealed, to come back with the history
+                item["encrypted_content"] = seal(value, part.origin, FORMAT, part.id)
             items.append(item)
         elif isinstance(part, hub.ToolCall):
             if part.kind == "custom":
@@ -561,7 +568,7 @@ class StreamReader:
             return []
         events = []
         if item.get("type") == "reasoning" and item.get("encrypted_content"):
-            events.append(hub.SignatureDelta(index, item["encrypted_content"], encrypted=True))
+            events.append(hub.SignatureDelta(index, item["encrypted_content"], True, FORMAT, item.get("id")))
         arguments = item.get("arguments") or item.get("input")
         if item.get("type") in ("function_call", "custom_tool_call") and index not in self._args_seen and arguments:
             events.append(hub.ToolArgsDelta(index, arguments))  # some servers send arguments only here
@@ -602,8 +609,8 @@ class StreamWriter:
             out += self._delta(event.index, hub.BlockKind.TOOL_CALL, event.json)
         elif isinstance(event, hub.SignatureDelta):
             item = self._item(event.index)
-            if item is not None and event.encrypted and item["type"] == "reasoning":
-                item["encrypted_content"] = event.signature
+            if item is not None and item["type"] == "reasoning":  # sent in output_item.done
+                item["encrypted_content"] = seal(event.signature, event.origin, FORMAT, event.id)
         elif isinstance(event, hub.BlockStop):
             if self._open == event.index:
                 out += self._close_open()
