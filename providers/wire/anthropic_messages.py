@@ -339,7 +339,7 @@ def _write_tool(tool: hub.Tool, req: hub.Request) -> dict:
     if tool.description is not None:
         out["description"] = tool.description
     out["input_schema"] = object_schema(tool.parameters)
-    if tool.strict is not None:
+    if tool.strict:
         req.drop("tools.strict", "Anthropic tools take no strict flag")
     return out
 

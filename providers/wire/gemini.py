@@ -199,6 +199,8 @@ def write_request(req: hub.Request, model: str) -> dict:
     body["contents"] = _write_contents(req, model)
     if req.tools:
         body["tools"] = [{"functionDeclarations": [_write_tool(t) for t in req.tools]}]
+        if any(t.strict for t in req.tools):
+            req.drop("tools.strict", "Gemini function declarations take no strict flag")
     choice = req.tool_choice
     if choice:
         config = {"mode": {"auto": "AUTO", "required": "ANY", "tool": "ANY", "none": "NONE"}.get(choice.mode, "AUTO")}
