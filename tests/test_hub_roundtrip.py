@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from providers import hub
 from providers.wire import codec
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 words = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)

@@ -343,7 +343,9 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     if not usage:
         return None
     prompt = usage.get("prompt_tokens") or 0
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    # DeepSeek reports cache hits as prompt_cache_hit_tokens
+    cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+              or usage.get("prompt_cache_hit_tokens") or 0)
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     return hub.Usage(input_tokens=prompt - cached, cached_read=cached,
                      output_tokens=usage.get("completion_tokens") or 0, reasoning_tokens=reasoning)
