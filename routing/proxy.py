@@ -27,7 +27,7 @@ from llmgateway.errors import (
 )
 from providers.adapters import ADAPTERS
 from providers.upstream import Failure, classify_exception, classify_status
-from providers.wire import CODECS, InvalidField
+from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 
 from .endpoints import Endpoint
 from .record import RequestRecord, close_quietly
@@ -91,8 +91,17 @@ async def serve(inbound: Inbound) -> Outcome:
 def error_outcome(record: RequestRecord, codec, err: GatewayError) -> Outcome:
     """The error in the client's protocol; the record ends with it."""
     record.fail(err)
-    return Outcome(err.status, {"x-request-id": record.request_id, **err.headers},
-                   json.dumps(codec.error_body(err)).encode())
+    return Outcome(err.status, {"x-request-id": record.request_id, **err.headers}, error_json(codec, err))
+
+
+def error_json(codec, err: GatewayError) -> bytes:
+    """An error body in the codec's format."""
+    return json.dumps(codec.error_body(err.status, err.type, err.message, err.code, err.param)).encode()
+
+
+def error_event(codec, err: GatewayError) -> bytes:
+    """A mid-stream error event in the codec's format."""
+    return codec.error_event(err.status, err.type, err.message, err.code, err.param)
 
 
 async def _serve(inbound: Inbound, codec) -> Outcome:
@@ -107,7 +116,7 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
         raise InvalidRequest(f"Missing required parameter: '{endpoint.required}'.", param=endpoint.required,
                              code="missing_required_parameter")
     try:
-        codec.validate_request(body, endpoint.name)
+        _validate(codec, endpoint, body)
     except InvalidField as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
 
@@ -123,6 +132,17 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
                                  code="no_targets", headers={"Retry-After": "30"},
                                  log_message=f"route {route.name}: every target is disabled")
     return await _attempts(inbound, codec, body, route, targets, stream)
+
+
+def _validate(codec, endpoint: Endpoint, body: dict) -> None:
+    """The client's codec checks what the gateway reads; OpenAI's completions and
+    embeddings share chat's format but not its messages."""
+    if endpoint.required == "messages" or endpoint.wire != "openai_chat":
+        codec.validate_request(body)
+    else:
+        for name in ("max_tokens", "max_completion_tokens"):
+            require_positive_int(body, name)
+        require_bool(body, "stream")
 
 
 async def _attempts(inbound: Inbound, codec, body: dict, route: RouteEntry, targets: list[TargetEntry],
@@ -359,7 +379,7 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
         # The server is stopping and the grace period is over: end the stream properly.
         error = GatewayError("The gateway is shutting down; the stream was cut short.", status=503,
                              code="server_shutting_down", kind="shutdown")
-        yield codec.error_event(error)
+        yield error_event(codec, error)
     except GeneratorExit:
         # The client left: closing the upstream response below cancels the upstream request.
         error = _client_left()
@@ -369,7 +389,7 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
         message = ("The upstream stream stalled and timed out." if failure.kind == "timeout"
                    else "The upstream connection was lost mid-stream.")
         error = UpstreamStreamError(message, log_message=failure.detail)
-        yield codec.error_event(error)
+        yield error_event(codec, error)
     finally:
         record.upstream = None
         await chunks.aclose()
