@@ -22,6 +22,10 @@ class Provider(models.Model):
         help_text="Seconds to wait for the first byte of an answer.",
     )
     weight = models.PositiveIntegerField(default=1)
+    native_responses = models.BooleanField(
+        "speaks Responses natively", default=False,
+        help_text="OpenAI-compatible upstreams only: it also serves /responses (OpenAI does). Responses "
+                  "requests then go to it as sent; otherwise they are translated to chat completions.")
     extra_headers = models.JSONField(default=dict, blank=True, help_text='Sent with every request, e.g. {"OpenAI-Organization": "org-1"}.')
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -105,7 +105,8 @@ def _apply_providers(providers: dict, summary):
 
 def _apply_provider(provider, name, spec, summary):
     provider = provider or Provider(name=name)
-    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s", "extra_headers")}
+    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s", "native_responses",
+                                         "extra_headers")}
     _save(provider, values, f"provider {name!r}", summary)
     _apply_provider_keys(provider, spec["keys"], summary)
     _apply_catalog(provider, spec["catalog"], summary)

@@ -69,6 +69,7 @@ def _export_providers(include_secrets: bool) -> dict:
             "enabled": provider.enabled,
             "weight": provider.weight,
             "timeout_s": provider.timeout_s,
+            "native_responses": provider.native_responses or None,  # shown only when on
             "extra_headers": dict(sorted(provider.extra_headers.items())),
             "keys": keys,
             "catalog": {entry.model_id: _export_catalog_entry(entry)

@@ -301,6 +301,7 @@ PROVIDER = record({
     "enabled": Field(boolean, True),
     "weight": Field(integer(0), _default(Provider, "weight")),
     "timeout_s": Field(number(minimum=0.1), _default(Provider, "timeout_s")),
+    "native_responses": Field(boolean, False),
     "extra_headers": Field(string_mapping, {}),
     "keys": Field(list_of(PROVIDER_KEY), []),
     "catalog": Field(named(CATALOG_ENTRY, text(200, 1)), {}),

@@ -780,6 +780,14 @@ class StreamRelay:
             self._content.append(event)
         return event
 
+    usage = None  # not decoded here: the log writer reads it from events_to_log
+
+    def close(self) -> bytes:
+        return b""
+
+    def fail(self, err) -> bytes:
+        return error_event(err.status, err.type, err.message, err.code, err.param)
+
     def events_to_log(self, with_text: bool) -> list[bytes]:
         """The events the log writer needs (raw SSE) for `usage_from_events` and
         `text_from_events`: the usage event, and the content only when there is no usage
