@@ -169,6 +169,10 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
+# The admin's "test connection" and "fetch models" may contact private and loopback
+# addresses (self-hosted Ollama, vLLM, LM Studio) unless this is off. Link-local and
+# cloud metadata addresses are refused either way.
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
