@@ -1,10 +1,14 @@
 """Root URLs: the admin, the language switch, process probes, and the /v1 API (last: it matches path variants)."""
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 
 from . import views
 from . import api as api_views
 from .api import api
+
+admin.site.site_header = admin.site.site_title = _("LLM Gateway")
+admin.site.index_title = _("Overview")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
