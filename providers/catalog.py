@@ -65,12 +65,10 @@ def import_models(provider: Provider, model_ids: list[str], create_routes: bool 
     return summary
 
 
-def known_models(provider_id: int | None = None) -> list[tuple[str, str]]:
-    """(model id, provider name) of catalog entries, for the route target's model suggestions."""
+def known_models() -> list[tuple[str, int, str]]:
+    """(model id, provider id, provider name) of every catalog entry, for a route target's suggestions."""
     entries = CatalogEntry.objects.select_related("provider").order_by("model_id")
-    if provider_id is not None:
-        entries = entries.filter(provider_id=provider_id)
-    return [(e.model_id, e.provider.name) for e in entries]
+    return [(e.model_id, e.provider_id, e.provider.name) for e in entries]
 
 
 def is_known_model(provider_id: int, model_id: str) -> bool:

@@ -16,12 +16,19 @@ from .models import PromptRule, RequestLog, Route, RouteTarget
 
 
 class UpstreamModelInput(UnfoldAdminTextInputWidget):
-    """A text input suggesting the catalog's models (a datalist): free text is still allowed."""
+    """A text input suggesting the catalog's models (a datalist): free text is still allowed.
+
+    Every provider's models are listed, each labelled with its provider; a small script
+    (static/admin/route_targets.js) narrows the list to the provider chosen in the same row.
+    """
+
+    class Media:
+        js = ["admin/route_targets.js"]
 
     def render(self, name, value, attrs=None, renderer=None):
         list_id = f"{(attrs or {}).get('id') or name}-models"
         attrs = {**(attrs or {}), "list": list_id, "autocomplete": "off"}
-        options = format_html_join("", '<option value="{}">{}</option>', known_models())
+        options = format_html_join("", '<option value="{}" data-provider="{}">{}</option>', known_models())
         return mark_safe(f'{super().render(name, value, attrs, renderer)}'
                          f'<datalist id="{escape(list_id)}">{options}</datalist>')
 

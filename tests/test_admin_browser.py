@@ -158,3 +158,82 @@ def test_an_operators_first_hour_in_chinese(browser, live_server, upstream, djan
     browser.execute_script("document.getElementById('provider-tools').scrollIntoView({block: 'center'})")
     browser.save_screenshot(str(screenshot_dir / "provider.png"))
     assert (screenshot_dir / "overview.png").stat().st_size > 10_000
+
+
+def populate_a_busy_gateway():
+    from django.utils import timezone
+
+    from providers.catalog import import_models
+    from providers.models import ProviderKey
+    from routing.models import PromptRule, RequestLog, Route
+
+    for name in ("openai-production-primary", "deepseek-mainland-backup"):
+        provider = Provider.objects.create(name=name, base_url=f"https://{name}.example.com/v1")
+        key = ProviderKey(provider=provider, label="primary-rotation-2026")
+        key.set_secret(UPSTREAM_SECRET)
+        key.save()
+        import_models(provider, ["gpt-4o-mini-2024-07-18", "text-embedding-3-large", "deepseek-reasoner"],
+                      create_routes=True)
+    route = Route.objects.first()
+    PromptRule.objects.create(route=route, operation="replace", pattern=r"\b(ACME|Acme Corp)\b",
+                              text="a very long replacement text " * 5)
+    keys = [VirtualKey(name=f"team-{i}-data-science-notebooks", rpm=600, budget_usd=250) for i in range(40)]
+    for key in keys:
+        key.set_key()
+    VirtualKey.objects.bulk_create(keys)
+    RequestLog.objects.bulk_create([RequestLog(
+        request_id=f"req_{i:032x}", created_at=timezone.now(), endpoint="chat_completions", status=200 if i % 5 else 429,
+        model_requested="gpt-4o-mini-2024-07-18", route="gpt-4o-mini-2024-07-18", provider="openai-production-primary",
+        upstream_model="gpt-4o-mini-2024-07-18", latency_ms=1234.5, input_tokens=12345, output_tokens=678,
+        cost_usd="0.00123456", virtual_key=keys[i % 40], error_kind="" if i % 5 else "rate_limited")
+        for i in range(60)])
+
+
+LIST_PAGES = ["providers/provider", "providers/providerkey", "providers/catalogentry", "routing/route",
+              "routing/routetarget", "routing/promptrule", "routing/requestlog", "keys/virtualkey"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_list_pages_fit_a_laptop_screen_in_light_and_dark_mode(browser, live_server, django_user_model):
+    django_user_model.objects.create_superuser("operator", "op@example.com", PASSWORD)
+    populate_a_busy_gateway()
+    log_in(browser, live_server, "operator")
+
+    for theme in ("light", "dark"):
+        if theme == "dark":
+            browser.find_element(By.CSS_SELECTOR, '[x-on\\:click="openUserLinks = !openUserLinks"]').click()
+            WebDriverWait(browser, 5).until(EC.element_to_be_clickable(
+                (By.XPATH, "//nav//*[normalize-space(text())='Dark']"))).click()
+            WebDriverWait(browser, 5).until(
+                lambda d: "dark" in d.find_element(By.TAG_NAME, "html").get_attribute("class").split())
+        for page in LIST_PAGES:
+            browser.get(f"{live_server.url}/admin/{page}/")
+            wait_for(browser, "#result_list")
+            overflow = browser.execute_script(
+                "const t = document.getElementById('result_list');"
+                "return [document.documentElement.scrollWidth - window.innerWidth,"
+                "        t.getBoundingClientRect().right - document.getElementById('content').getBoundingClientRect().right];")
+            assert overflow[0] <= 0 and overflow[1] <= 1, f"{page} ({theme}) scrolls sideways by {overflow}"
+            if os.environ.get("UPDATE_SCREENSHOTS") == "1" and page == "routing/requestlog" and theme == "dark":
+                browser.save_screenshot(str(SCREENSHOTS / "request-log-dark.png"))
+        assert "dark" in browser.find_element(By.TAG_NAME, "html").get_attribute("class").split() or theme == "light"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_route_targets_model_suggestions_follow_its_provider(browser, live_server, django_user_model):
+    django_user_model.objects.create_superuser("operator", "op@example.com", PASSWORD)
+    from providers.catalog import import_models
+
+    first = Provider.objects.create(name="first", base_url="https://first.example.com/v1")
+    second = Provider.objects.create(name="second", base_url="https://second.example.com/v1")
+    import_models(first, ["alpha-1", "alpha-2"])
+    import_models(second, ["beta-1"])
+    log_in(browser, live_server, "operator")
+
+    browser.get(f"{live_server.url}/admin/routing/routetarget/add/")
+    Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
+    Select(wait_for(browser, "#id_provider")).select_by_visible_text("second")
+    click(browser, "#id_upstream_model")
+    suggested = browser.execute_script(
+        "return Array.from(document.getElementById('id_upstream_model-models').options).map(o => o.value)")
+    assert suggested == ["beta-1"]

@@ -214,7 +214,7 @@ def test_a_route_target_suggests_known_models_and_warns_about_unknown_ones(staff
     add_url = reverse("admin:routing_routetarget_add")
 
     html = staff.get(add_url).content.decode()
-    assert 'list="id_upstream_model-models"' in html and '<option value="gpt-4o">mock</option>' in html
+    assert 'list="id_upstream_model-models"' in html and f'<option value="gpt-4o" data-provider="{provider.pk}">mock</option>' in html
 
     response = staff.post(add_url, {"route": route.pk, "provider": provider.pk, "upstream_model": "gpt-4o-typo",
                                      "priority": 1, "weight": 1, "enabled": "on"}, follow=True)
