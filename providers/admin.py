@@ -173,8 +173,6 @@ class ProviderForm(forms.ModelForm):
             cleaned["type"] = preset.type
             if not cleaned.get("base_url"):
                 cleaned["base_url"] = preset.base_url
-                self.instance.base_url = preset.base_url
-            self.instance.type = preset.type
         if not cleaned.get("base_url") and "base_url" not in self.errors:
             self.add_error("base_url", _("Enter a base URL, or pick a preset."))
         return cleaned
@@ -290,14 +288,14 @@ class ProviderKeyAdmin(ModelAdmin):
     change_form_outer_after_template = "admin/providers/providerkey/_tools.html"
 
     def get_fields(self, request, obj=None):
-        return ["provider", *ProviderKeyForm.Meta.fields, "pending_secret", "masked"]
+        return ["provider", *ProviderKeyForm.Meta.fields, "masked"]
 
     @admin.display(description=_("stored secret"))
     def masked(self, obj):
         return stored_secret(obj)
 
     def get_form(self, request, obj=None, **kwargs):
-        kwargs["fields"] = ["provider", *ProviderKeyForm.Meta.fields, "pending_secret"]
+        kwargs["fields"] = ["provider", *ProviderKeyForm.Meta.fields]
         return super().get_form(request, obj, **kwargs)
 
 

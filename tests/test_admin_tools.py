@@ -387,8 +387,22 @@ def test_the_catalog_action_prices_many_entries_and_names_the_unknown_ones(staff
 
 # --- the overview ----------------------------------------------------------------------------
 
-def test_the_overview_counts_what_is_configured(staff, keyed_upstream):
+def test_the_overview_counts_what_is_configured_and_links_to_the_failures(staff, keyed_upstream):
+    from django.utils import timezone
+
+    from routing.models import RequestLog
+
     make_provider(keyed_upstream.base_url)
+    for i, status in enumerate([200, 200, 429]):
+        RequestLog.objects.create(request_id=f"req_{i}", created_at=timezone.now(), endpoint="chat", status=status)
+
     html = staff.get(reverse("admin:index")).content.decode()
-    assert "gw-card" in html and "Latest requests" in html
+
+    cards = dict((label.strip(), int(value)) for value, label in re.findall(
+        r'<span class="gw-card-value">([\d,]+)</span>\s*<span class="gw-card-label">([^<]+)</span>', html))
+    assert cards["Providers"] == 1 and cards["Provider keys"] == 1
+    assert cards["Requests, last 24 h"] == 3 and cards["Failed requests, last 24 h"] == 1
     assert reverse("admin:providers_provider_presets") in html
+    failures = staff.get(reverse("admin:routing_requestlog_changelist") + "?status__gte=400")
+    assert failures.status_code == 200
+    assert [log.request_id for log in failures.context["cl"].result_list] == ["req_2"]
