@@ -156,7 +156,8 @@ def check_connection(provider, key=None, test_model: str = "", timeout: float = 
     """List `provider`'s models with `key` (default: its first enabled key), or try a tiny completion.
 
     The completion is used when the preset says the provider has no model list, or the
-    list answers 404; its model is `test_model`, else the preset's test model.
+    list answers 404; its model is `test_model`, else the provider's first catalog model
+    (enabled chat models first), else the preset's test model.
     """
     refused = check_address(provider.base_url)
     if refused:
@@ -166,7 +167,7 @@ def check_connection(provider, key=None, test_model: str = "", timeout: float = 
     secret = key.get_secret() if key is not None else None
     headers = {**(provider.extra_headers or {}), **auth_headers(provider.type, secret)}
     preset = preset_for_url(provider.base_url)
-    test_model = test_model or (preset.test_model if preset else "")
+    test_model = test_model or _catalog_model(provider) or (preset.test_model if preset else "")
     if lists_models is None:
         lists_models = preset.lists_models if preset else True
     try:
@@ -185,6 +186,11 @@ def check_connection(provider, key=None, test_model: str = "", timeout: float = 
     except (httpx.TransportError, OSError) as exc:
         return ConnectionResult(False, "unreachable", _("cannot reach the provider: %(error)s") % {
             "error": _redact(type(exc).__name__ + (f": {exc}" if str(exc) else ""), secret)})
+
+
+def _catalog_model(provider) -> str:
+    entry = provider.catalog.order_by("supports_embeddings", "model_id").first()
+    return entry.model_id if entry else ""
 
 
 def _list_models(client, provider, headers, secret) -> ConnectionResult:

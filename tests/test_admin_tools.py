@@ -134,6 +134,22 @@ def test_a_provider_without_a_model_list_is_tested_with_a_one_token_completion(k
     assert sent["json"]["model"] == "gpt-4o-mini" and sent["json"]["max_tokens"] == 1
 
 
+def test_without_a_model_list_the_test_completion_uses_a_catalog_model(keyed_upstream):
+    provider = make_provider(keyed_upstream.base_url)
+    CatalogEntry.objects.create(provider=provider, model_id="text-embedding-3-small", supports_embeddings=True)
+    CatalogEntry.objects.create(provider=provider, model_id="mock-model")
+
+    result = check_connection(provider, lists_models=False)
+
+    assert result.ok and "mock-model" in result.message
+    assert keyed_upstream.requests[-1]["json"]["model"] == "mock-model"
+
+
+def test_without_a_model_list_or_a_model_to_try_the_test_says_what_to_add(keyed_upstream):
+    result = check_connection(make_provider(keyed_upstream.base_url), lists_models=False)
+    assert (result.ok, result.reason) == (False, "no_model")
+
+
 def test_link_local_and_metadata_addresses_are_never_contacted(db):
     for url in ("http://169.254.169.254/latest", "http://[fe80::1]/v1", "http://100.100.100.200/v1"):
         result = check_connection(make_provider(url, name=f"p{abs(hash(url))}"))
@@ -406,3 +422,25 @@ def test_the_overview_counts_what_is_configured_and_links_to_the_failures(staff,
     failures = staff.get(reverse("admin:routing_requestlog_changelist") + "?status__gte=400")
     assert failures.status_code == 200
     assert [log.request_id for log in failures.context["cl"].result_list] == ["req_2"]
+
+
+# --- each provider type's auth and model list (pure) ------------------------------------------
+
+def test_each_provider_type_sends_its_key_its_own_way():
+    from providers.connection import auth_headers
+
+    assert auth_headers("openai", "k") == {"Authorization": "Bearer k"}
+    assert auth_headers("anthropic", "k") == {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    assert auth_headers("gemini", "k") == {"x-goog-api-key": "k"}
+    assert auth_headers("azure_openai", "k") == {"api-key": "k"}
+    assert auth_headers("openai", None) == {}  # local servers without keys
+
+
+def test_model_lists_are_read_in_openai_anthropic_and_gemini_shapes():
+    from providers.connection import parse_model_list
+
+    assert parse_model_list("openai", {"object": "list", "data": [{"id": "b"}, {"id": "a"}]}) == ["a", "b"]
+    assert parse_model_list("anthropic", {"data": [{"id": "claude-x", "type": "model"}], "has_more": False}) == ["claude-x"]
+    assert parse_model_list("gemini", {"models": [{"name": "models/gemini-2.0-flash"}]}) == ["gemini-2.0-flash"]
+    with pytest.raises(ValueError):
+        parse_model_list("openai", {"error": "nope"})
