@@ -16,6 +16,7 @@ from providers.models import CatalogEntry, Provider
 from routing.models import RouteTarget
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -65,10 +66,17 @@ def wait_for(driver, css, timeout=10):
 
 
 def click(driver, css):
-    """Scroll the element to the middle first: the admin's sticky save bar covers the bottom."""
-    element = wait_for(driver, css)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-    WebDriverWait(driver, 5).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+    """Scroll the element to the middle first: the admin's sticky save bar covers the bottom.
+    Retried when htmx swaps the element out between finding and clicking it."""
+    for attempt in range(3):
+        try:
+            element = wait_for(driver, css)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            WebDriverWait(driver, 5).until(EC.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
 
 
 def log_in(driver, live_server, username):
@@ -84,7 +92,9 @@ def switch_language(driver, code):
     driver.find_element(By.CSS_SELECTOR, '[x-on\\:click="openUserLinks = !openUserLinks"]').click()
     form_button = f'form input[name="language"][value="{code}"] ~ button'
     WebDriverWait(driver, 5).until(EC.element_to_be_clickable((By.CSS_SELECTOR, form_button))).click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == code)
+    # The page is replaced under the wait: a stale <html> just means "look again".
+    WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == code)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -100,7 +110,7 @@ def test_an_operators_first_hour_in_chinese(browser, live_server, upstream, djan
     search = wait_for(browser, "#preset-search")
     search.send_keys("vllm")
     WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-preset="openai"]'))
-    browser.find_element(By.CSS_SELECTOR, '[data-preset="vllm"]').click()
+    click(browser, '[data-preset="vllm"]')
     base_url = wait_for(browser, "#id_base_url")
     assert base_url.get_attribute("value") == "http://localhost:8000/v1"
     base_url.clear()
@@ -126,6 +136,7 @@ def test_an_operators_first_hour_in_chinese(browser, live_server, upstream, djan
     for model in ("gpt-4o", "gpt-4o-mini"):
         click(browser, f'input[name="model"][value="{model}"]')
     click(browser, "#create-routes")
+    browser.save_screenshot(str(screenshot_dir / "fetch-models-zh.png"))
     click(browser, "#import-selected")
     wait_for(browser, "#test-connection")
     assert "已导入 2 个模型" in browser.page_source
@@ -204,7 +215,7 @@ def test_list_pages_fit_a_laptop_screen_in_light_and_dark_mode(browser, live_ser
             browser.find_element(By.CSS_SELECTOR, '[x-on\\:click="openUserLinks = !openUserLinks"]').click()
             WebDriverWait(browser, 5).until(EC.element_to_be_clickable(
                 (By.XPATH, "//nav//*[normalize-space(text())='Dark']"))).click()
-            WebDriverWait(browser, 5).until(
+            WebDriverWait(browser, 5, ignored_exceptions=[StaleElementReferenceException]).until(
                 lambda d: "dark" in d.find_element(By.TAG_NAME, "html").get_attribute("class").split())
         for page in LIST_PAGES:
             browser.get(f"{live_server.url}/admin/{page}/")
