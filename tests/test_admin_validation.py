@@ -84,8 +84,9 @@ def test_a_negative_budget_is_refused_by_both(staff):
     errors = admin_errors(staff.post(reverse("admin:keys_virtualkey_add"), {
         "name": "app", "enabled": "on", "budget_period": "monthly", "budget_usd": "-1", "notes": ""}))
     assert any("must not be negative" in text for text in errors["budget_usd"])
-    lines = config_errors("virtual_keys:\n  app:\n    budget_usd: -1\n")
-    assert any(line.startswith("virtual_keys.app.budget_usd: ") for line in lines)
+    lines = config_errors("virtual_keys:\n  app:\n    budget_usd: -1\n    rpm: -5\n")
+    assert "virtual_keys.app.budget_usd: must not be negative" in lines
+    assert "virtual_keys.app.rpm: must not be negative" in lines
 
 
 def test_a_health_interval_below_its_minimum_is_refused_by_the_file():

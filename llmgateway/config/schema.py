@@ -73,6 +73,19 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
+def _shared_check(validate: Callable, value, path: str, errors: list[str]):
+    """Run one of the validators the admin shares (llmgateway.config.validators)."""
+    try:
+        validate(value)
+    except ValidationError as exc:
+        return _fail(errors, path, "; ".join(exc.messages))
+    return value
+
+
+def _minimum_validator(minimum) -> Callable:
+    return validators.validate_not_negative if minimum == 0 else validators.validate_min(minimum)
+
+
 def boolean(value, path, errors):
     if isinstance(value, bool):
         return value
@@ -85,8 +98,8 @@ def integer(minimum: int | None = 0, maximum: int | None = None, nullable: bool 
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             return _fail(errors, path, f"expected an integer, got {_kind(value)}")
-        if minimum is not None and value < minimum:
-            return _fail(errors, path, f"must be at least {minimum}")
+        if minimum is not None and _shared_check(_minimum_validator(minimum), value, path, errors) is _BAD:
+            return _BAD
         if maximum is not None and value > maximum:
             return _fail(errors, path, f"must be at most {maximum}")
         return value
@@ -97,8 +110,8 @@ def number(minimum: float = 0.0) -> Checker:
     def check(value, path, errors):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return _fail(errors, path, f"expected a number, got {_kind(value)}")
-        if value < minimum:
-            return _fail(errors, path, f"must be at least {minimum}")
+        if _shared_check(_minimum_validator(minimum), value, path, errors) is _BAD:
+            return _BAD
         return float(value)
     return check
 
@@ -114,8 +127,10 @@ def decimal(max_digits: int, places: int) -> Checker:
             amount = Decimal(str(value))
         except InvalidOperation:
             return _fail(errors, path, "expected a number")
-        if not amount.is_finite() or amount < 0:
-            return _fail(errors, path, "must be a non-negative number")
+        if not amount.is_finite():
+            return _fail(errors, path, "expected a number")
+        if _shared_check(validators.validate_not_negative, amount, path, errors) is _BAD:
+            return _BAD
         if amount >= Decimal(10) ** (max_digits - places):
             return _fail(errors, path, f"must be less than {10 ** (max_digits - places)}")
         if amount != amount.quantize(Decimal(1).scaleb(-places)):
@@ -158,10 +173,8 @@ def validated(inner: Checker, *checks: Callable) -> Checker:
         if value is _BAD or value is None:
             return value
         for validate in checks:
-            try:
-                validate(value)
-            except ValidationError as exc:
-                return _fail(errors, path, "; ".join(exc.messages))
+            if _shared_check(validate, value, path, errors) is _BAD:
+                return _BAD
         return value
     return check
 
