@@ -32,6 +32,9 @@ from .models import CatalogEntry, Provider, ProviderKey
 from .presets import all_presets, get_preset, search_presets
 
 
+MAX_MODEL_ID = CatalogEntry._meta.get_field("model_id").max_length
+
+
 def is_htmx(request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
@@ -255,11 +258,17 @@ class ProviderAdmin(ModelAdmin):
         """GET reads the upstream's model list; POST imports the chosen models."""
         provider = self._provider(request, provider_id)
         if request.method == "POST":
-            chosen = [m for m in request.POST.getlist("model") if m.strip()]
+            chosen = [m.strip() for m in request.POST.getlist("model") if m.strip()]
             if not chosen:
                 messages.warning(request, _("No model was chosen."))
                 return redirect(request.path)
-            summary = import_models(provider, chosen, create_routes=request.POST.get("create_routes") == "on")
+            if any(len(m) > MAX_MODEL_ID for m in chosen):
+                messages.error(request, _("A model id is longer than %(max)s characters.") % {"max": MAX_MODEL_ID})
+                return redirect(request.path)
+            create_routes = request.POST.get("create_routes") == "on"
+            if create_routes and not request.user.has_perms(["routing.add_route", "routing.add_routetarget"]):
+                raise PermissionDenied
+            summary = import_models(provider, chosen, create_routes=create_routes)
             messages.success(request, _(
                 "Imported %(created)s models (%(priced)s priced from model metadata, %(existing)s already in the "
                 "catalog); %(routes)s routes created.") % {

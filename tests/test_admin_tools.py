@@ -215,6 +215,13 @@ def test_importing_again_changes_nothing(keyed_upstream):
     assert CatalogEntry.objects.count() == Route.objects.count() == RouteTarget.objects.count() == 1
 
 
+def test_an_overlong_model_id_is_refused_before_anything_is_imported(staff, keyed_upstream):
+    provider = make_provider(keyed_upstream.base_url)
+    response = staff.post(reverse("admin:providers_provider_fetch_models", args=[provider.pk]),
+                          {"model": ["gpt-4o", "x" * 201]}, follow=True)
+    assert b"longer than 200 characters" in response.content and CatalogEntry.objects.count() == 0
+
+
 def test_importing_nothing_is_a_warning_not_an_error(staff, keyed_upstream):
     provider = make_provider(keyed_upstream.base_url)
     response = staff.post(reverse("admin:providers_provider_fetch_models", args=[provider.pk]), {}, follow=True)
