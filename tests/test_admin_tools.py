@@ -363,6 +363,25 @@ def test_the_refresh_command_reads_a_file_and_writes_a_trimmed_snapshot(tmp_path
     assert str(models[1].input_price_per_m) == "2.5"
 
 
+def test_the_refresh_command_downloads_from_a_url(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "prices.json").write_text(json.dumps(LITELLM_SAMPLE))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        output = tmp_path / "snapshot.jsonl"
+        call_command("refresh_model_metadata", "--from", f"http://127.0.0.1:{server.server_port}/prices.json",
+                     "--output", str(output))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(read_snapshot(output)) == 3
+
+
 def test_the_refresh_command_refuses_a_file_that_is_not_litellms_list(tmp_path):
     from django.core.management.base import CommandError
 
