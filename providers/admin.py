@@ -55,7 +55,7 @@ class ProviderKeyForm(forms.ModelForm):
     """
 
     secret = forms.CharField(
-        label=_("secret"),
+        label=_("Secret"),
         required=False,
         strip=True,
         widget=UnfoldAdminPasswordWidget(render_value=False, attrs={"autocomplete": "new-password"}),
@@ -134,7 +134,7 @@ class ProviderForm(forms.ModelForm):
     """Adds the preset picker; a chosen preset fills in the type and an empty base URL."""
 
     preset = forms.CharField(
-        label=_("preset"),
+        label=_("Preset"),
         required=False,
         widget=UnfoldAdminTextInputWidget(attrs={"list": "provider-presets", "autocomplete": "off",
                                                  "placeholder": _("Type to search: deepseek, ollama, …")}),
