@@ -4,6 +4,9 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.templatetags.static import static
+from django.urls import reverse_lazy
+from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -52,6 +55,10 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
+    # Unfold (a maintained admin theme) must come before django.contrib.admin so its
+    # templates win.
+    "unfold",
+    "unfold.contrib.filters",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -70,6 +77,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions (the chosen language may live there), before common (URL handling).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -121,15 +130,20 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# The admin is the only place people log in; unfold's login form posts without "next".
+LOGIN_REDIRECT_URL = "/admin/"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env("TIME_ZONE", default="UTC")
 USE_I18N = True
-USE_TZ = True
+USE_TZ = True  # dates and numbers are formatted for the active language (Django's locale formats)
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
@@ -165,6 +179,10 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
+# The admin's "test connection" and "fetch models" may contact private and loopback
+# addresses (self-hosted Ollama, vLLM, LM Studio) unless this is off. Link-local and
+# cloud metadata addresses are refused either way.
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
@@ -203,3 +221,59 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool(
 ) else None
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+
+
+def _nav(title, icon, url_name):
+    return {"title": title, "icon": icon, "link": reverse_lazy(url_name)}
+
+
+# The admin's look (django-unfold: light and dark themes, narrow-screen layout) and its
+# navigation, grouped by the operator's tasks rather than by Django app.
+UNFOLD = {
+    "SITE_TITLE": _("LLM Gateway"),
+    "SITE_HEADER": _("LLM Gateway"),
+    "SITE_SUBHEADER": _("One endpoint for every model"),
+    "SITE_SYMBOL": "hub",
+    "SITE_URL": "/admin/",
+    "SHOW_LANGUAGES": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "DASHBOARD_CALLBACK": "providers.admin.overview_context",
+    "STYLES": [lambda request: static("admin/gateway.css")],
+    "SCRIPTS": [lambda request: static("htmx.min.js")],
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": False,
+        "navigation": [
+            {"title": _("Overview"), "items": [_nav(_("Overview"), "dashboard", "admin:index")]},
+            {"title": _("Providers"), "items": [
+                _nav(_("Providers"), "cloud", "admin:providers_provider_changelist"),
+                _nav(_("Provider keys"), "key", "admin:providers_providerkey_changelist"),
+            ]},
+            {"title": _("Models"), "items": [
+                _nav(_("Models (routes)"), "alt_route", "admin:routing_route_changelist"),
+                _nav(_("Route targets"), "call_split", "admin:routing_routetarget_changelist"),
+                _nav(_("Catalog"), "menu_book", "admin:providers_catalogentry_changelist"),
+                _nav(_("Model metadata"), "database", "admin:providers_model_metadata"),
+            ]},
+            {"title": _("Virtual keys"), "items": [
+                _nav(_("Virtual keys"), "vpn_key", "admin:keys_virtualkey_changelist"),
+            ]},
+            {"title": _("Prompt rules"), "items": [
+                _nav(_("Prompt rules"), "edit_note", "admin:routing_promptrule_changelist"),
+            ]},
+            {"title": _("Request logs"), "items": [
+                _nav(_("Request logs"), "receipt_long", "admin:routing_requestlog_changelist"),
+            ]},
+            {"title": _("Monitoring"), "items": [
+                _nav(_("Health targets"), "monitor_heart", "admin:healthcheck_healthtarget_changelist"),
+                _nav(_("Health runs"), "history", "admin:healthcheck_healthrun_changelist"),
+                _nav(_("Monitoring settings"), "tune", "admin:healthcheck_monitoringsettings_changelist"),
+            ]},
+            {"title": _("Settings"), "items": [
+                _nav(_("Users"), "person", "admin:auth_user_changelist"),
+                _nav(_("Groups"), "group", "admin:auth_group_changelist"),
+            ]},
+        ],
+    },
+}
