@@ -74,7 +74,7 @@ class VirtualKeyAdmin(ModelAdmin):
             return "–" if obj.budget_usd is None else USAGE_UNAVAILABLE
         if usage.budget_usd is None:
             return _("no budget")
-        return f"${usage.spent_usd or 0:.4f} / ${usage.budget_usd:.2f}"
+        return f"${usage.spent_usd or 0:.4f} of ${usage.budget_usd:.2f}"
 
     @admin.display(description=_("usage"))
     def usage_display(self, obj):

@@ -8,7 +8,9 @@ import threading
 from aiohttp import web
 
 from . import openai_chat
-from .core import CLIENT_MAX_SIZE, DIALECTS, OPENAI, STATE, State, endpoint, guard, json_response
+from .core import (
+    CLIENT_MAX_SIZE, DIALECTS, OPENAI, STATE, BadRequest, Dialect, State, endpoint, guard, json_response,
+)
 
 
 def _by_dialect(openai_handler, anthropic_handler):
@@ -18,6 +20,26 @@ def _by_dialect(openai_handler, anthropic_handler):
         if "anthropic-version" in request.headers and anthropic_handler is not None:
             return await anthropic_handler(request)
         return await openai_handler(request)
+
+    return handler
+
+
+class AzureDialect(Dialect):
+    def credential(self, request):
+        token = request.headers.get("api-key", "").strip()
+        return (token, "api-key") if token else (None, None)
+
+
+AZURE = AzureDialect()
+
+
+def _azure(impl):
+    """Azure's deployment is the model; requests without an api-version are refused, as Azure does."""
+
+    async def handler(request, body, fault):
+        if not request.query.get("api-version"):
+            raise BadRequest("Missing required query parameter: api-version", param="api-version")
+        return await impl(request, {**body, "model": request.match_info["deployment"]}, fault)
 
     return handler
 
@@ -37,6 +59,11 @@ def build_app(keys=None, models=None):
                                           endpoint(anthropic.list_models, anthropic.ANTHROPIC, has_body=False)))
     add.add_get("/v1/models/{model_id:.+}", _by_dialect(endpoint(openai_chat.get_model, has_body=False),
                                                         endpoint(anthropic.get_model, anthropic.ANTHROPIC, has_body=False)))
+    # Azure OpenAI: the same chat format under deployment URLs, an api-version, the api-key header.
+    add.add_post("/openai/deployments/{deployment}/chat/completions",
+                 endpoint(_azure(openai_chat.chat_completions), dialect=AZURE))
+    add.add_post("/openai/deployments/{deployment}/embeddings",
+                 endpoint(_azure(openai_chat.embeddings), dialect=AZURE))
     anthropic.add_routes(app)
     responses.add_routes(app)
     gemini.add_routes(app)

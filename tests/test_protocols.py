@@ -1,0 +1,175 @@
+"""Every client protocol against every upstream type, through the gateway, with the official
+SDKs as clients: chat completions, Anthropic Messages and OpenAI Responses in; OpenAI-
+compatible, Anthropic, Gemini and Azure OpenAI upstreams out (the mock speaks each natively);
+streamed and not; text, a tool round trip with two parallel calls, an image, reasoning."""
+import base64
+
+import anthropic
+import openai
+import pytest
+
+from .conftest import wait_for_model
+from .factories import make_key, make_provider, make_route
+
+UPSTREAMS = ("openai", "anthropic", "gemini", "azure_openai")
+CLIENTS = ("chat", "messages", "responses")
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+PIXEL = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")).decode()
+
+
+@pytest.fixture(scope="module")
+def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
+    root = mock_upstream.base_url.rsplit("/v1", 1)[0]
+    base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url,
+                 "gemini": root + "/v1beta", "azure_openai": root + "/openai"}
+    with django_db_blocker.unblock():
+        names = {}
+        for kind in UPSTREAMS:
+            provider = make_provider(base_urls[kind], type=kind)
+            names[kind] = make_route((provider, "mock-model"), max_attempts=1).name
+        _, secret = make_key()
+    for name in names.values():
+        wait_for_model(gateway, name, key=secret)
+    return names, secret
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway, routes):
+    _, secret = routes
+    return {
+        "openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
+        "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20),
+    }
+
+
+def ask(sdk, client: str, model: str, prompt: str, *, stream: bool, tools=False, image=False):
+    """One turn; returns (text, tool calls as (id, name, arguments)) as the client sees them."""
+    if client == "chat":
+        content = [{"type": "text", "text": prompt}]
+        if image:
+            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}})
+        extra = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]} \
+            if tools else {}
+        return chat_turn(sdk["openai"], model, [{"role": "user", "content": content}], stream, extra)
+    if client == "messages":
+        content = [{"type": "text", "text": prompt}]
+        if image:
+            content.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}})
+        extra = {"tools": [{"name": "get_weather", "input_schema": WEATHER}]} if tools else {}
+        return messages_turn(sdk["anthropic"], model, [{"role": "user", "content": content}], stream, extra)
+    content = [{"type": "input_text", "text": prompt}]
+    if image:
+        content.append({"type": "input_image", "image_url": f"data:image/png;base64,{PIXEL}"})
+    extra = {"tools": [{"type": "function", "name": "get_weather", "parameters": WEATHER}]} if tools else {}
+    return responses_turn(sdk["openai"], model, [{"role": "user", "content": content}], stream, extra)
+
+
+def chat_turn(client, model, messages, stream, extra):
+    if not stream:
+        message = client.chat.completions.create(model=model, messages=messages, **extra).choices[0].message
+        calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+        return message.content or "", calls
+    text, calls = "", {}
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True, **extra):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, ["", "", ""])
+                entry[0] = call.id or entry[0]
+                entry[1] = (call.function.name or entry[1]) if call.function else entry[1]
+                entry[2] += (call.function.arguments or "") if call.function else ""
+    return text, [tuple(c) for _, c in sorted(calls.items())]
+
+
+def messages_turn(client, model, messages, stream, extra):
+    if stream:
+        with client.messages.stream(model=model, max_tokens=200, messages=messages, **extra) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(model=model, max_tokens=200, messages=messages, **extra)
+    text = "".join(b.text for b in message.content if b.type == "text")
+    calls = [(b.id, b.name, b.input) for b in message.content if b.type == "tool_use"]
+    return text, calls
+
+
+def responses_turn(client, model, items, stream, extra):
+    if stream:
+        with client.responses.stream(model=model, input=items, **extra) as events:
+            response = events.get_final_response()
+    else:
+        response = client.responses.create(model=model, input=items, **extra)
+    calls = [(i.call_id, i.name, i.arguments) for i in response.output if i.type == "function_call"]
+    return response.output_text, calls
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_text_reaches_every_client_from_every_upstream(sdk, routes, client, upstream, stream):
+    text, calls = ask(sdk, client, routes[0][upstream], "你好, gateway 世界", stream=stream)
+    assert text.startswith("Hello from mock:") and "你好" in text and "世界" in text
+    assert calls == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_image_reaches_every_upstream(sdk, routes, mock_upstream, client, upstream, stream):
+    mock_upstream.clear()
+    text, _ = ask(sdk, client, routes[0][upstream], "what is this", stream=stream, image=True)
+    assert "what is this" in text
+    assert PIXEL in str(mock_upstream.requests[-1]["json"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_tool_round_trip_with_two_parallel_calls(sdk, routes, client, upstream, stream):
+    model = routes[0][upstream]
+    _, calls = ask(sdk, client, model, 'weather in Paris <mock>{"tool_calls": 2}</mock>', stream=stream, tools=True)
+    assert len(calls) == 2 and len({c[0] for c in calls}) == 2  # each call keeps its own id
+    assert all(name == "get_weather" for _, name, _ in calls)
+    results = {call_id: f"sunny-{i}" for i, (call_id, _, _) in enumerate(calls)}
+    text = second_turn(sdk, client, model, calls, results, stream)
+    assert "sunny-0" in text and "sunny-1" in text
+
+
+def second_turn(sdk, client, model, calls, results, stream):
+    """Send the tool results back, with the history as each protocol spells it. (The mock
+    fills arguments from the prompt, fault tags included: they go back as plain arguments.)"""
+    prompt = "weather in Paris"
+    calls = [(i, n, {"city": "Paris"} if client == "messages" else '{"city": "Paris"}') for i, n, _ in calls]
+    if client == "chat":
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in calls]},
+                    *({"role": "tool", "tool_call_id": i, "content": results[i]} for i, _, _ in calls)]
+        return chat_turn(sdk["openai"], model, messages, stream, {})[0]
+    if client == "messages":
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in calls]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": i, "content": results[i]} for i, _, _ in calls]}]
+        return messages_turn(sdk["anthropic"], model, messages, stream, {})[0]
+    items = [{"role": "user", "content": prompt},
+             *({"type": "function_call", "call_id": i, "name": n, "arguments": a} for i, n, a in calls),
+             *({"type": "function_call_output", "call_id": i, "output": results[i]} for i, _, _ in calls)]
+    return responses_turn(sdk["openai"], model, items, stream, {})[0]
+
+
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_errors_come_back_in_the_clients_own_shape(sdk, routes, client, upstream):
+    prompt = 'fail please <mock>{"status": 400, "message": "bad things"}</mock>'
+    error = {"chat": openai.BadRequestError, "responses": openai.BadRequestError,
+             "messages": anthropic.BadRequestError}[client]
+    with pytest.raises(error) as caught:
+        ask(sdk, client, routes[0][upstream], prompt, stream=False)
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    if client == "messages":
+        assert caught.value.response.json()["type"] == "error"
+    assert "bad things" in str(body)
