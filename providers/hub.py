@@ -193,6 +193,7 @@ class BlockStart:
     tool_id: str | None = None
     tool_name: str | None = None
     redacted: str | None = None  # the data of a redacted thinking block
+    custom: bool = False  # a call of a custom (free-form input) tool: its "arguments" are plain text
 
 
 @dataclass(slots=True)

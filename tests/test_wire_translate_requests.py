@@ -154,10 +154,13 @@ def test_what_cannot_be_dropped_without_changing_the_meaning_is_rejected(body, p
     assert raised.value.param == param
 
 
-def test_custom_tools_cannot_go_to_anthropic():
-    chat = make_chat_request(tools=[{"type": "custom", "custom": {"name": "apply_patch"}}])
-    with pytest.raises(InvalidField):
-        translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+def test_a_custom_tool_goes_to_anthropic_as_a_function_taking_one_string():
+    chat = make_chat_request(tools=[{"type": "custom", "custom": {"name": "apply_patch", "description": "Patch"}}])
+    body, diagnostics = translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+    assert body["tools"] == [{"name": "apply_patch", "description": "Patch", "input_schema": {
+        "type": "object", "properties": {"input": {"type": "string", "description": "The whole input, as free text."}},
+        "required": ["input"]}}]
+    assert diagnostics == [("tools.apply_patch", "custom tool 'apply_patch' is sent as a function taking one string `input`")]
 
 
 # --- validation ---------------------------------------------------------------------------

@@ -115,6 +115,25 @@ def error_message(content: bytes | str) -> str:
     return text.strip()[:2000]
 
 
+def custom_as_function(tool, req, where: str) -> dict:
+    """A JSON schema for a custom (free-form) tool, for formats without them: one string
+    `input` holding the whole text (calls are unwrapped again on the way back)."""
+    req.drop(where, f"custom tool {tool.name!r} is sent as a function taking one string `input`")
+    return {"type": "object", "properties": {"input": {"type": "string", "description": "The whole input, as free text."}},
+            "required": ["input"]}
+
+
+def unwrap_custom_input(arguments: str) -> str:
+    """The free text of a custom tool call that went through a function's `input` argument."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get("input"), str):
+        return value["input"]
+    return arguments
+
+
 def require_positive_int(body: dict, name: str, *, required: bool = False) -> None:
     value = body.get(name)
     if value is None:

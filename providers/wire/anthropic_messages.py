@@ -5,8 +5,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, error_message, foreign, load_json, parse_arguments, require_bool, require_model,
-    require_positive_int, seal, sealed_thinking,
+    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, require_bool,
+    require_model, require_positive_int, seal, sealed_thinking,
 )
 from .openai_chat import object_schema
 
@@ -316,9 +316,8 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
         req.drop(f"{where}.thinking", "Anthropic accepts only reasoning it signed")
         return None
     if isinstance(part, hub.ToolCall):
-        if part.kind == "custom":
-            raise InvalidField(f"{where}.tool_calls", "Custom (free-form) tool calls cannot be sent to Anthropic.")
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": parse_arguments(part.arguments)}
+        arguments = {"input": part.arguments} if part.kind == "custom" else parse_arguments(part.arguments)
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": arguments}
     if isinstance(part, hub.ToolResult):
         block = {"type": "tool_result", "tool_use_id": part.call_id}
         if len(part.parts) == 1 and isinstance(part.parts[0], hub.Text):
@@ -333,11 +332,12 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
 
 
 def _write_tool(tool: hub.Tool, req: hub.Request) -> dict:
-    if tool.kind == "custom":
-        raise InvalidField("tools", f"Custom (free-form) tool {tool.name!r} cannot be sent to Anthropic.")
     out = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
+    if tool.kind == "custom":
+        out["input_schema"] = custom_as_function(tool, req, f"tools.{tool.name}")
+        return out
     out["input_schema"] = object_schema(tool.parameters)
     if tool.strict:
         req.drop("tools.strict", "Anthropic tools take no strict flag")

@@ -8,7 +8,10 @@ import uuid
 
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
-from . import InvalidField, error_message, foreign, load_json, parse_arguments, require_positive_int, seal, sealed_thinking
+from . import (
+    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, require_positive_int, seal,
+    sealed_thinking,
+)
 from .openai_chat import object_schema
 
 FORMAT = "gemini"
@@ -198,7 +201,7 @@ def write_request(req: hub.Request, model: str) -> dict:
         body["systemInstruction"] = {"parts": [{"text": t.text} for t in system]}
     body["contents"] = _write_contents(req, model)
     if req.tools:
-        body["tools"] = [{"functionDeclarations": [_write_tool(t) for t in req.tools]}]
+        body["tools"] = [{"functionDeclarations": [_write_tool(t, req) for t in req.tools]}]
         if any(t.strict for t in req.tools):
             req.drop("tools.strict", "Gemini function declarations take no strict flag")
     choice = req.tool_choice
@@ -290,10 +293,9 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
         elif isinstance(part, hub.Image):
             item = _write_image(part)
         elif isinstance(part, hub.ToolCall):
-            if part.kind == "custom":
-                raise InvalidField(f"{where}.tool_calls", "Custom (free-form) tool calls cannot be sent to Gemini.")
             names[part.id] = part.name
-            call = {"name": part.name, "args": parse_arguments(part.arguments)}
+            arguments = {"input": part.arguments} if part.kind == "custom" else parse_arguments(part.arguments)
+            call = {"name": part.name, "args": arguments}
             if not part.id.startswith(SYNTHETIC_ID):
                 call["id"] = part.id
             item = {"functionCall": call}
@@ -337,12 +339,13 @@ def _write_contents(req: hub.Request, model: str) -> list[dict]:
     return out
 
 
-def _write_tool(tool: hub.Tool) -> dict:
-    if tool.kind == "custom":
-        raise InvalidField("tools", f"Custom (free-form) tool {tool.name!r} cannot be sent to Gemini.")
+def _write_tool(tool: hub.Tool, req: hub.Request) -> dict:
     out = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
+    if tool.kind == "custom":
+        out["parametersJsonSchema"] = custom_as_function(tool, req, f"tools.{tool.name}")
+        return out
     # parametersJsonSchema takes full JSON Schema; the older `parameters` refuses much of it
     out["parametersJsonSchema"] = object_schema(tool.parameters)
     return out

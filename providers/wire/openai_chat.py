@@ -537,7 +537,7 @@ class StreamReader:
             if tool_index not in self._tools:
                 events += self._begin(f"tool:{tool_index}", hub.BlockKind.TOOL_CALL,
                                       tool_id=call.get("id") or f"call_{tool_index}",
-                                      tool_name=function.get("name") or "")
+                                      tool_name=function.get("name") or "", custom="custom" in call)
                 self._tools[tool_index] = self._open[1]
             arguments = function.get("arguments") or function.get("input")
             if arguments:
@@ -556,6 +556,7 @@ class StreamWriter:
         self.finished = False
         self._kinds: dict[int, hub.BlockKind] = {}
         self._tools: dict[int, int] = {}  # hub block index -> chat tool index
+        self._custom: set[int] = set()  # hub block indices of custom tool calls
 
     def write(self, event) -> bytes:
         if self.finished:
@@ -572,8 +573,13 @@ class StreamWriter:
             self._kinds[event.index] = event.kind
             if event.kind == hub.BlockKind.TOOL_CALL:
                 k = self._tools[event.index] = len(self._tools)
-                call = {"index": k, "id": event.tool_id, "type": "function",
-                        "function": {"name": event.tool_name, "arguments": ""}}
+                if event.custom:
+                    self._custom.add(event.index)
+                    call = {"index": k, "id": event.tool_id, "type": "custom",
+                            "custom": {"name": event.tool_name, "input": ""}}
+                else:
+                    call = {"index": k, "id": event.tool_id, "type": "function",
+                            "function": {"name": event.tool_name, "arguments": ""}}
                 out += self._chunk({"tool_calls": [call]})
         elif isinstance(event, hub.TextDelta):
             out += self._chunk({"content": event.text})
@@ -581,7 +587,9 @@ class StreamWriter:
             out += self._chunk({"reasoning_content": event.text})
         elif isinstance(event, hub.ToolArgsDelta):
             k = self._tools.get(event.index)
-            if k is not None:
+            if k is not None and event.index in self._custom:
+                out += self._chunk({"tool_calls": [{"index": k, "custom": {"input": event.json}}]})
+            elif k is not None:
                 out += self._chunk({"tool_calls": [{"index": k, "function": {"arguments": event.json}}]})
         elif isinstance(event, hub.Finish):
             out += self._finish(event)

@@ -511,7 +511,8 @@ class StreamReader:
             if item.get("type") in ("function_call", "custom_tool_call"):
                 self._calls = True
                 events = self._open((output_index, None), hub.BlockKind.TOOL_CALL,
-                                    tool_id=item.get("call_id"), tool_name=item.get("name"))
+                                    tool_id=item.get("call_id"), tool_name=item.get("name"),
+                                    custom=item["type"] == "custom_tool_call")
                 arguments = item.get("arguments") or item.get("input")
                 if arguments:
                     self._args_seen.add(self._blocks[(output_index, None)])
@@ -651,6 +652,9 @@ class StreamWriter:
                     "role": "assistant", "content": []}
         elif event.kind == hub.BlockKind.THINKING:
             item = {"id": f"rs_{self.id[5:]}_{output_index}", "type": "reasoning", "summary": []}
+        elif event.custom:
+            item = {"id": f"ctc_{event.tool_id}", "type": "custom_tool_call", "status": "in_progress",
+                    "input": "", "call_id": event.tool_id, "name": event.tool_name}
         else:
             item = {"id": f"fc_{event.tool_id}", "type": "function_call", "status": "in_progress",
                     "arguments": "", "call_id": event.tool_id, "name": event.tool_name}
@@ -689,6 +693,10 @@ class StreamWriter:
             item["arguments"] += text
             return out + self._event("response.function_call_arguments.delta", item_id=item["id"],
                                      output_index=output_index, delta=text)
+        if item["type"] == "custom_tool_call" and kind == hub.BlockKind.TOOL_CALL:
+            item["input"] += text
+            return out + self._event("response.custom_tool_call_input.delta", item_id=item["id"],
+                                     output_index=output_index, delta=text)
         return out
 
     def _close_open(self) -> bytes:
@@ -713,6 +721,10 @@ class StreamWriter:
         elif item["type"] == "function_call":
             out += self._event("response.function_call_arguments.done", item_id=item["id"],
                                output_index=output_index, arguments=item["arguments"])
+            item["status"] = "completed"
+        elif item["type"] == "custom_tool_call":
+            out += self._event("response.custom_tool_call_input.done", item_id=item["id"],
+                               output_index=output_index, input=item["input"])
             item["status"] = "completed"
         return out + self._event("response.output_item.done", output_index=output_index, item=item)
 
