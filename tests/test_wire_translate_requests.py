@@ -289,3 +289,41 @@ def test_read_error_finds_the_message_in_any_error_body(content, message):
 def test_a_translated_request_is_plain_json():
     body, _ = translate_request(CLAUDE_CODE_STYLE_CHAT, "openai_chat", "anthropic_messages", "claude-x")
     assert json.loads(json.dumps(body)) == body
+
+
+# --- documents --------------------------------------------------------------------------------
+
+PDF = "JVBERi0xLjQK"
+WITH_DOCUMENTS = make_anthropic_request(messages=[{"role": "user", "content": [
+    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
+    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain 文本"}},
+    {"type": "text", "text": "Summarise both."}]}])
+
+
+def test_documents_reach_chat_as_file_parts_and_come_back():
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "openai_chat", "gpt-x")
+    assert body["messages"][0]["content"][:2] == [
+        {"type": "file", "file": {"filename": "spec.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}},
+        {"type": "file", "file": {"filename": "document", "file_data": "data:text/plain;base64,cGxhaW4g5paH5pys"}}]
+    back, _ = translate_request(body, "openai_chat", "anthropic_messages", "claude-x")
+    assert back["messages"][0]["content"][:2] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain 文本"}, "title": "document"}]
+
+
+def test_documents_reach_responses_and_gemini():
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "openai_responses", "gpt-x")
+    assert body["input"][0]["content"][0] == {"type": "input_file", "filename": "spec.pdf",
+                                              "file_data": f"data:application/pdf;base64,{PDF}"}
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "gemini", "g")
+    assert body["contents"][0]["parts"][:2] == [{"inlineData": {"mimeType": "application/pdf", "data": PDF}},
+                                                {"inlineData": {"mimeType": "text/plain", "data": "cGxhaW4g5paH5pys"}}]
+
+
+def test_a_document_url_cannot_go_to_chat():
+    anthropic = make_anthropic_request(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}}]}])
+    with pytest.raises(InvalidField):
+        translate_request(anthropic, "anthropic_messages", "openai_chat", "gpt-x")
+    body, _ = translate_request(anthropic, "anthropic_messages", "gemini", "g")
+    assert body["contents"][0]["parts"] == [{"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.test/a.pdf"}}]

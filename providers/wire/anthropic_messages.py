@@ -1,4 +1,6 @@
 """Anthropic Messages (/v1/messages) to and from the hub form."""
+import base64
+import binascii
 import json
 import uuid
 
@@ -153,6 +155,8 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
         if source.get("type") == "base64":
             return hub.Image(data=source.get("data"), media_type=source.get("media_type"))
         raise InvalidField(f"{where}.source", f"Image source {source.get('type')!r} cannot be translated.")
+    if kind == "document":
+        return _read_document(block, where, req)
     if kind == "thinking":
         return sealed_thinking(block.get("thinking", ""), block.get("signature"), FORMAT, source_model=model)
     if kind == "redacted_thinking":
@@ -170,6 +174,39 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
                 raise InvalidField(f"{where}.content", "Tool results may hold only text and images here.")
         return hub.ToolResult(block.get("tool_use_id", ""), parts, bool(block.get("is_error")))
     raise InvalidField(where, f"Content blocks of type {kind!r} cannot be translated to another format.")
+
+
+def _read_document(block: dict, where: str, req: hub.Request) -> hub.File:
+    source = block.get("source") or {}
+    for name in ("citations", "context"):
+        if block.get(name):
+            req.drop(f"{where}.{name}", "document citations and context are Anthropic's own")
+    if source.get("type") == "base64":
+        return hub.File(data=source.get("data"), media_type=source.get("media_type"), name=block.get("title"))
+    if source.get("type") == "url":
+        return hub.File(url=source.get("url"), media_type="application/pdf", name=block.get("title"))
+    if source.get("type") == "text":
+        data = base64.b64encode(str(source.get("data", "")).encode()).decode()
+        return hub.File(data=data, media_type=source.get("media_type") or "text/plain", name=block.get("title"))
+    raise InvalidField(f"{where}.source", f"Document source {source.get('type')!r} cannot be translated.")
+
+
+def _write_document(part: hub.File, where: str) -> dict:
+    if part.url:
+        source = {"type": "url", "url": part.url}
+    elif (part.media_type or "").startswith("text/"):
+        try:
+            source = {"type": "text", "media_type": "text/plain", "data": base64.b64decode(part.data or "").decode()}
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidField(where, "A text document whose bytes are not UTF-8 text.") from None
+    elif part.media_type in (None, "application/pdf"):
+        source = {"type": "base64", "media_type": "application/pdf", "data": part.data or ""}
+    else:
+        raise InvalidField(where, f"Anthropic takes PDF and text documents, not {part.media_type!r}.")
+    block = {"type": "document", "source": source}
+    if part.name:
+        block["title"] = part.name
+    return block
 
 
 def _read_message(message: dict, where: str, req: hub.Request) -> list[hub.Message]:
@@ -302,6 +339,8 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
         return {"type": "text", "text": part.text} if part.text else None  # empty text is refused
     if isinstance(part, hub.Image):
         return _write_image(part)
+    if isinstance(part, hub.File):
+        return _write_document(part, where)
     if isinstance(part, hub.Thinking):
         if foreign(part, FORMAT):
             req.drop(f"{where}.thinking", f"reasoning sealed by a {part.origin} provider is only valid there")

@@ -153,14 +153,8 @@ def _read_parts(parts: list, where: str, ids: _CallIds, model: str | None = None
         if "text" in part:
             if part["text"] or not signature:
                 out.append(hub.Text(part["text"]))
-        elif "inlineData" in part:
-            data = part["inlineData"]
-            if not str(data.get("mimeType", "")).startswith("image/"):
-                raise InvalidField(f"{where}.parts[{j}]", f"Inline data of type {data.get('mimeType')!r} cannot be translated.")
-            out.append(hub.Image(data=data.get("data"), media_type=data.get("mimeType")))
-        elif "fileData" in part:
-            data = part["fileData"]
-            out.append(hub.Image(url=data.get("fileUri"), media_type=data.get("mimeType")))
+        elif "inlineData" in part or "fileData" in part:
+            out.append(_read_data(part, f"{where}.parts[{j}]"))
         elif "functionCall" in part:
             call = part["functionCall"]
             out.append(hub.ToolCall(ids.call(call), call.get("name", ""),
@@ -176,6 +170,19 @@ def _read_parts(parts: list, where: str, ids: _CallIds, model: str | None = None
         elif not signature:
             raise InvalidField(f"{where}.parts[{j}]", f"Parts with {', '.join(part)} cannot be translated.")
     return out
+
+
+def _read_data(part: dict, where: str):
+    """An image or a document (PDF, text) given inline or by URI."""
+    inline = "inlineData" in part
+    data = part["inlineData" if inline else "fileData"]
+    media_type = str(data.get("mimeType") or "")
+    kind = hub.Image if media_type.startswith("image/") else hub.File
+    if kind is hub.File and not (media_type == "application/pdf" or media_type.startswith("text/")):
+        raise InvalidField(where, f"Data of type {media_type!r} cannot be translated.")
+    if inline:
+        return kind(data=data.get("data"), media_type=media_type or None)
+    return kind(url=data.get("fileUri"), media_type=media_type or None)
 
 
 def _read_content(content: dict, where: str, ids: _CallIds) -> list[hub.Message]:
@@ -252,10 +259,12 @@ def _write_generation(req: hub.Request) -> dict:
     return config
 
 
-def _write_image(image: hub.Image) -> dict:
+def _write_image(image: hub.Image | hub.File) -> dict:
+    default = "application/pdf" if isinstance(image, hub.File) else "image/png"
     if image.url:
-        return {"fileData": {"mimeType": image.media_type or _guess_type(image.url), "fileUri": image.url}}
-    return {"inlineData": {"mimeType": image.media_type or "image/png", "data": image.data or ""}}
+        guess = default if isinstance(image, hub.File) else _guess_type(image.url)
+        return {"fileData": {"mimeType": image.media_type or guess, "fileUri": image.url}}
+    return {"inlineData": {"mimeType": image.media_type or default, "data": image.data or ""}}
 
 
 def _guess_type(url: str) -> str:
@@ -290,7 +299,7 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
             continue
         if isinstance(part, hub.Text):
             item = {"text": part.text}
-        elif isinstance(part, hub.Image):
+        elif isinstance(part, (hub.Image, hub.File)):
             item = _write_image(part)
         elif isinstance(part, hub.ToolCall):
             names[part.id] = part.name

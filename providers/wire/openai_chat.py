@@ -110,6 +110,9 @@ def _read_content(content, where: str, req: hub.Request) -> list:
             parts.append(image)
         elif kind == "refusal":
             parts.append(hub.Text(part.get("refusal", "")))
+        elif kind == "file" and (part.get("file") or {}).get("file_data"):
+            spec = part["file"]
+            parts.append(hub.parse_file_url(spec["file_data"], spec.get("filename")))
         else:
             raise InvalidField(f"{where}.content[{j}]",
                                f"Content of type {kind!r} cannot be translated to another format.")
@@ -233,6 +236,10 @@ def _content_value(parts: list):
 def _write_part(part) -> dict:
     if isinstance(part, hub.Text):
         return {"type": "text", "text": part.text}
+    if isinstance(part, hub.File):
+        if part.url:  # chat takes documents only inline
+            raise InvalidField("messages", "A document given by URL cannot be sent in the chat format.")
+        return {"type": "file", "file": {"filename": part.name or "document", "file_data": hub.file_data_url(part)}}
     spec = {"url": hub.image_url(part)}
     if part.detail:
         spec["detail"] = part.detail
@@ -244,7 +251,7 @@ def _write_message(message: hub.Message, where: str, req: hub.Request) -> list[d
     if message.role == hub.Role.TOOL or any(isinstance(p, hub.ToolResult) for p in message.parts):
         return _write_tool_results(message, where, req)
     if message.role != hub.Role.ASSISTANT:
-        parts = [p for p in message.parts if isinstance(p, (hub.Text, hub.Image))]
+        parts = [p for p in message.parts if isinstance(p, (hub.Text, hub.Image, hub.File))]
         if len(parts) < len(message.parts):
             req.drop(f"{where}.content", "only text and images can be sent in a non-assistant turn")
         if message.role in (hub.Role.SYSTEM, hub.Role.DEVELOPER):

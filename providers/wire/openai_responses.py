@@ -142,6 +142,11 @@ def _read_content(content, where: str) -> list:
             parts.append(hub.Text(part.get("text", "")))
         elif kind == "refusal":
             parts.append(hub.Text(part.get("refusal", "")))
+        elif kind == "input_file" and (part.get("file_data") or part.get("file_url")):
+            url = part.get("file_url") or part["file_data"]
+            if not url.startswith(("data:", "http:", "https:")):  # bare base64 is accepted too
+                url = f"data:application/pdf;base64,{url}"
+            parts.append(hub.parse_file_url(url, part.get("filename")))
         elif kind == "input_image" and part.get("image_url"):
             image = hub.parse_data_url(part["image_url"])
             image.detail = None if part.get("detail") in (None, "auto") else part["detail"]
@@ -231,7 +236,7 @@ def _write_items(req: hub.Request, model: str) -> list[dict]:
         elif message.role == hub.Role.ASSISTANT:
             items += _write_assistant(message, kinds, where, req, model)
         else:
-            parts = [_write_input_part(p) for p in message.parts if isinstance(p, (hub.Text, hub.Image))]
+            parts = [_write_input_part(p) for p in message.parts if isinstance(p, (hub.Text, hub.Image, hub.File))]
             if message.role != hub.Role.USER:
                 parts = [p for p in parts if p["type"] == "input_text"]
             results = [p for p in message.parts if isinstance(p, hub.ToolResult)]
@@ -244,6 +249,10 @@ def _write_items(req: hub.Request, model: str) -> list[dict]:
 def _write_input_part(part) -> dict:
     if isinstance(part, hub.Text):
         return {"type": "input_text", "text": part.text}
+    if isinstance(part, hub.File):
+        if part.url:
+            return {"type": "input_file", "file_url": part.url}
+        return {"type": "input_file", "filename": part.name or "document", "file_data": hub.file_data_url(part)}
     return {"type": "input_image", "image_url": hub.image_url(part), "detail": part.detail or "auto"}
 
 
