@@ -327,3 +327,14 @@ def test_a_document_url_cannot_go_to_chat():
         translate_request(anthropic, "anthropic_messages", "openai_chat", "gpt-x")
     body, _ = translate_request(anthropic, "anthropic_messages", "gemini", "g")
     assert body["contents"][0]["parts"] == [{"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.test/a.pdf"}}]
+
+
+@pytest.mark.parametrize("src, body", [
+    ("openai_chat", make_chat_request(tools="all of them")),
+    ("anthropic_messages", make_anthropic_request(metadata="me")),
+    ("openai_responses", {"model": "m", "input": [{"role": "user", "content": [5]}]}),
+    ("gemini", {"contents": [{"role": "user", "parts": [{"functionCall": "f"}]}]}),
+])
+def test_a_field_of_the_wrong_shape_is_an_invalid_field_not_a_crash(src, body):
+    with pytest.raises(InvalidField):
+        translate_request(body, src, "openai_chat" if src != "openai_chat" else "anthropic_messages", "m")

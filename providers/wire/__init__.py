@@ -134,6 +134,22 @@ def unwrap_custom_input(arguments: str) -> str:
     return arguments
 
 
+def read_safely(read, payload) -> list:
+    """The hub events of one upstream event; one whose shape is not what its format promises
+    ends the stream with an Error instead of breaking the relay."""
+    if not isinstance(payload, dict):
+        return [_hub().Error("invalid_response", "The upstream sent an event that is not a JSON object.")]
+    try:
+        return read(payload)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        return [_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read.")]
+
+
+def _hub():
+    from .. import hub  # the hub imports nothing from here; the late import keeps it that way
+    return hub
+
+
 def require_positive_int(body: dict, name: str, *, required: bool = False) -> None:
     value = body.get(name)
     if value is None:

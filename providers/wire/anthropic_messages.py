@@ -7,8 +7,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, require_bool,
-    require_model, require_positive_int, seal, sealed_thinking,
+    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, read_safely,
+    require_bool, require_model, require_positive_int, seal, sealed_thinking,
 )
 from .openai_chat import object_schema
 
@@ -519,7 +519,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += self._read_event(event)
+            events += read_safely(self._read_event, event)
         return events
 
     def close(self) -> list:

@@ -9,8 +9,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
 from . import (
-    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, require_positive_int, seal,
-    sealed_thinking,
+    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, read_safely,
+    require_positive_int, seal, sealed_thinking,
 )
 from .openai_chat import object_schema
 
@@ -475,7 +475,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
                 continue
-            events += self._read_chunk(chunk)
+            events += read_safely(self._read_chunk, chunk)
         return events
 
     def close(self) -> list:

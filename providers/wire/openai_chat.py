@@ -6,7 +6,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
 from . import (
-    InvalidField, dumps, error_message, load_json, require_bool, require_model, require_positive_int,
+    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    require_positive_int,
 )
 
 FORMAT = "openai_chat"
@@ -478,7 +479,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
                 continue
-            events += self._read_chunk(chunk)
+            events += read_safely(self._read_chunk, chunk)
         return events
 
     def close(self) -> list:

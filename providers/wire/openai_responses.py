@@ -6,8 +6,8 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data
 from . import (
-    InvalidField, dumps, error_message, foreign, load_json, require_bool, require_model, require_positive_int,
-    seal, sealed_thinking,
+    InvalidField, dumps, error_message, foreign, load_json, read_safely, require_bool, require_model,
+    require_positive_int, seal, sealed_thinking,
 )
 from .openai_chat import error_body, object_schema
 
@@ -494,7 +494,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += self._read_event(event)
+            events += read_safely(self._read_event, event)
         return events
 
     def close(self) -> list:

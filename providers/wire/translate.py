@@ -9,13 +9,17 @@ client)`: OpenAI custom (free-form) tools travel to other providers as functions
 string, and their calls are turned back into custom calls here.
 """
 from .. import hub
-from . import codec, unwrap_custom_input
+from . import InvalidField, codec, unwrap_custom_input
 
 
 def translate_request(body, src: str, dst: str, model: str) -> tuple[dict, list[tuple[str, str]]]:
     """The `src` request `body` as a `dst` request for `model`, and what could not be carried
     as (field, reason) pairs. Raises InvalidField when dropping would change the meaning."""
-    req = codec(src).read_request(body)
+    try:
+        req = codec(src).read_request(body)
+    except (AttributeError, TypeError, KeyError) as exc:
+        # a field of the wrong shape that validation does not check: still the client's mistake
+        raise InvalidField("body", f"The request has a field of the wrong shape ({type(exc).__name__}: {exc}).") from None
     out = codec(dst).write_request(req, model)
     return out, req.diagnostics
 
