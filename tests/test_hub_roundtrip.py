@@ -134,6 +134,9 @@ def anthropic_request(draw):
     if draw(st.booleans()):
         req.reasoning_budget = draw(st.integers(1024, req.max_tokens - 1))
         req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto")]))
+        last = [m for m in req.messages if m.role == hub.Role.ASSISTANT][-1]
+        if not isinstance(last.parts[0], hub.Thinking):  # Anthropic wants it while thinking
+            last.parts.insert(0, hub.Thinking("so", signature="sig-2", origin="anthropic_messages"))
     else:
         req.temperature = draw(st.none() | st.floats(0, 1, allow_nan=False))
         if tools:

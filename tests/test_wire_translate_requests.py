@@ -338,3 +338,15 @@ def test_a_document_url_cannot_go_to_chat():
 def test_a_field_of_the_wrong_shape_is_an_invalid_field_not_a_crash(src, body):
     with pytest.raises(InvalidField):
         translate_request(body, src, "openai_chat" if src != "openai_chat" else "anthropic_messages", "m")
+
+
+def test_thinking_is_turned_off_when_the_tool_loop_being_continued_has_no_signed_thinking():
+    chat = make_chat_request(reasoning_effort="high", messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "reasoning_content": "unsigned",
+         "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "r"}])
+    body, diagnostics = translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+    assert "thinking" not in body
+    assert ("reasoning", "the tool-use turn being continued has no Anthropic thinking block, "
+                         "which Anthropic requires while thinking") in diagnostics

@@ -67,13 +67,21 @@ def test_a_responses_request_becomes_a_chat_request():
     }
 
 
-def test_a_responses_request_becomes_an_anthropic_request_with_a_thinking_budget():
-    body, _ = translate_request(CODEX_STYLE, "openai_responses", "anthropic_messages", "claude-x")
+def test_a_responses_request_becomes_an_anthropic_request():
+    body, diagnostics = translate_request(CODEX_STYLE, "openai_responses", "anthropic_messages", "claude-x")
     assert body["system"] == [{"type": "text", "text": "You are Codex."}, {"type": "text", "text": "Sandbox: read-only"}]
     assert body["messages"][1] == {"role": "assistant", "content": [
         {"type": "tool_use", "id": "call_1", "name": "shell", "input": {"cmd": ["ls"]}}]}
-    assert body["thinking"] == {"type": "enabled", "budget_tokens": 4999}
     assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    # OpenAI's reasoning cannot go to Claude, and Claude will not think on in a tool loop without its own
+    assert "thinking" not in body
+    assert ("messages.1.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
+
+
+def test_responses_reasoning_effort_becomes_a_thinking_budget_below_max_output_tokens():
+    body, _ = translate_request(make_responses_request(reasoning={"effort": "medium"}, max_output_tokens=5000),
+                                "openai_responses", "anthropic_messages", "claude-x")
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 4999}
 
 
 def test_encrypted_reasoning_goes_back_to_openai_byte_for_byte():

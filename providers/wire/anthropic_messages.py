@@ -285,6 +285,10 @@ def _write_thinking(req: hub.Request, body: dict) -> None:
     if body.get("tool_choice", {}).get("type") in ("any", "tool"):
         req.drop("reasoning", "Anthropic cannot think while a tool use is forced")
         return
+    if _unsigned_tool_turn(body["messages"]):
+        req.drop("reasoning", "the tool-use turn being continued has no Anthropic thinking block, "
+                              "which Anthropic requires while thinking")
+        return
     budget = max(budget, MIN_THINKING_BUDGET)
     if req.max_tokens is None:
         body["max_tokens"] = budget + DEFAULT_MAX_TOKENS
@@ -300,6 +304,18 @@ def _write_thinking(req: hub.Request, body: dict) -> None:
     if body.get("top_p") is not None and body["top_p"] < 0.95:
         del body["top_p"]
         req.drop("top_p", "Anthropic does not accept top_p below 0.95 while thinking")
+
+
+def _unsigned_tool_turn(messages: list[dict]) -> bool:
+    """Does the last assistant turn call tools without starting with a thinking block? (With
+    thinking on, Anthropic wants the turn a tool loop continues to keep its signed thinking;
+    history from another provider has none.)"""
+    turns = [m for m in messages if m["role"] == "assistant"]
+    if not turns or isinstance(turns[-1]["content"], str):
+        return False
+    blocks = turns[-1]["content"]
+    calls = any(b["type"] == "tool_use" for b in blocks)
+    return calls and blocks[0]["type"] not in ("thinking", "redacted_thinking")
 
 
 def _write_messages(req: hub.Request, model: str) -> list[dict]:
