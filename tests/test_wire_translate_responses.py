@@ -75,7 +75,7 @@ def test_a_responses_request_becomes_an_anthropic_request():
     assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     # OpenAI's reasoning cannot go to Claude, and Claude will not think on in a tool loop without its own
     assert "thinking" not in body
-    assert ("messages.1.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
+    assert ("messages.2.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
 
 
 def test_responses_reasoning_effort_becomes_a_thinking_budget_below_max_output_tokens():
