@@ -350,3 +350,16 @@ def test_thinking_is_turned_off_when_the_tool_loop_being_continued_has_no_signed
     assert "thinking" not in body
     assert ("reasoning", "the tool-use turn being continued has no Anthropic thinking block, "
                          "which Anthropic requires while thinking") in diagnostics
+
+
+def test_reasoning_history_can_be_left_out_for_chat_providers_that_refuse_it():
+    anthropic = make_anthropic_request(messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"},
+                                          {"type": "text", "text": "a"}]},
+        {"role": "user", "content": "q2"}])
+    body, _ = translate_request(anthropic, "anthropic_messages", "openai_chat", "gpt-x")
+    assert body["messages"][1] == {"role": "assistant", "content": "a", "reasoning_content": "t"}
+    stripped = codec("openai_chat").without_reasoning_history(body)
+    assert stripped["messages"][1] == {"role": "assistant", "content": "a"}
+    assert body["messages"][1]["reasoning_content"] == "t"  # the original is left alone

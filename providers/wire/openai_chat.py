@@ -219,6 +219,14 @@ def write_request(req: hub.Request, model: str) -> dict:
     return body
 
 
+def without_reasoning_history(body: dict) -> dict:
+    """The chat body without `reasoning_content` on past assistant turns. Providers differ:
+    Kimi and DeepSeek's thinking mode want it back in tool loops, OpenAI and older DeepSeek
+    reasoners refuse it. An adapter whose provider refuses it applies this."""
+    messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in body.get("messages") or []]
+    return {**body, "messages": messages}
+
+
 def _write_extras(req: hub.Request, body: dict) -> None:
     for name, value in req.extras.items():
         if req.format == FORMAT:
