@@ -1,8 +1,21 @@
 """Wire-format codecs: one module per format, each reading and writing the hub form.
 
-Every codec module offers the same names: read_request, write_request, read_answer,
-write_answer, StreamReader, StreamWriter, error_body, error_event, read_error and
-validate_request. `codec(name)` returns the module for a format name.
+Every codec module offers the same names, all pure (no I/O):
+
+    validate_request(body)              raise InvalidField for a bad field the gateway reads
+    read_request(body) -> hub.Request   write_request(req, model) -> dict
+    read_answer(body) -> hub.Answer     write_answer(ans, model) -> dict
+    StreamReader().feed(bytes) -> [hub events], .close() -> [hub events]
+    StreamWriter(model).write(event) -> bytes, .fail(message) -> bytes
+    error_body(status, type, message, code=None, param=None) -> dict
+    error_event(status, type, message, code=None, param=None) -> bytes
+    read_error(content) -> str
+
+`codec(name)` returns the module for a format name; `translate.py` joins two of them.
+
+Adding a format: a module here with those names; its name in FORMATS; a strategy of what
+it carries in tests/test_hub_roundtrip.py; a sample request, answer and stream in
+tests/test_wire_translate_pairs.py (every pair is then tested); its own playbook tests.
 """
 import importlib
 import json

@@ -370,7 +370,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     cached = usage.get("cachedContentTokenCount") or 0
     thoughts = usage.get("thoughtsTokenCount") or 0
     prompt = (usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount") or 0)
-    return hub.Usage(input_tokens=prompt - cached, cached_read=cached,
+    return hub.Usage(input_tokens=max(prompt - cached, 0), cached_read=cached,
                      output_tokens=(usage.get("candidatesTokenCount") or 0) + thoughts, reasoning_tokens=thoughts)
 
 

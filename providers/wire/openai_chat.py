@@ -363,7 +363,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")
               or usage.get("prompt_cache_hit_tokens") or 0)
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return hub.Usage(input_tokens=prompt - cached, cached_read=cached,
+    return hub.Usage(input_tokens=max(prompt - cached, 0), cached_read=cached,
                      output_tokens=usage.get("completion_tokens") or 0, reasoning_tokens=reasoning)
 
 

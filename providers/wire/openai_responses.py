@@ -334,7 +334,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     details = usage.get("input_tokens_details") or {}
     cached = details.get("cached_tokens") or 0
     written = details.get("cache_write_tokens") or 0
-    return hub.Usage(input_tokens=(usage.get("input_tokens") or 0) - cached - written, cached_read=cached,
+    return hub.Usage(input_tokens=max((usage.get("input_tokens") or 0) - cached - written, 0), cached_read=cached,
                      cache_write=written, output_tokens=usage.get("output_tokens") or 0,
                      reasoning_tokens=(usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
 
