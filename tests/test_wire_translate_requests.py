@@ -363,3 +363,17 @@ def test_reasoning_history_can_be_left_out_for_chat_providers_that_refuse_it():
     stripped = codec("openai_chat").without_reasoning_history(body)
     assert stripped["messages"][1] == {"role": "assistant", "content": "a"}
     assert body["messages"][1]["reasoning_content"] == "t"  # the original is left alone
+
+
+@pytest.mark.parametrize("dst, field", [("openai_chat", "reasoning_effort"), ("openai_responses", "reasoning"),
+                                        ("gemini", "thinkingConfig")])
+def test_thinking_turned_off_is_not_sent_where_models_may_refuse_the_field(dst, field):
+    body, _ = translate_request(make_anthropic_request(thinking={"type": "disabled"}), "anthropic_messages", dst, "m")
+    assert field not in body and field not in body.get("generationConfig", {})
+
+
+def test_an_explicit_reasoning_effort_of_none_is_kept():
+    body, _ = translate_request(make_chat_request(reasoning_effort="none"), "openai_chat", "openai_responses", "m")
+    assert body["reasoning"] == {"effort": "none"}
+    body, _ = translate_request(make_chat_request(reasoning_effort="none"), "openai_chat", "anthropic_messages", "m")
+    assert body["thinking"] == {"type": "disabled"}

@@ -253,7 +253,10 @@ def _write_generation(req: hub.Request) -> dict:
     budget = req.reasoning_budget
     if budget is None and req.reasoning_effort is not None:
         budget = hub.budget_for_effort(req.reasoning_effort) or 0
-    if budget is not None:
+    if budget == 0 and req.format != FORMAT:
+        # Some Gemini models (2.5 Pro) cannot stop thinking and refuse a zero budget
+        req.drop("reasoning", "turning reasoning off is left to the Gemini model's default")
+    elif budget is not None:
         # includeThoughts: clients of every format expect to see the reasoning they asked for
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True} if budget else {"thinkingBudget": 0}
     return config

@@ -205,8 +205,8 @@ def write_request(req: hub.Request, model: str) -> dict:
     if req.response_format:
         body["response_format"] = _write_response_format(req.response_format)
     effort = req.reasoning_effort
-    if effort is None and req.reasoning_budget is not None:
-        effort = hub.effort_for_budget(req.reasoning_budget)
+    if effort is None and req.reasoning_budget:  # reasoning turned off: say nothing, as models
+        effort = hub.effort_for_budget(req.reasoning_budget)  # that cannot reason refuse the field
     if effort is not None:
         body["reasoning_effort"] = effort
     if req.parallel_tool_calls is not None:

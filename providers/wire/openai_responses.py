@@ -201,8 +201,8 @@ def write_request(req: hub.Request, model: str) -> dict:
             fmt = {"type": spec.type}
         body["text"] = {"format": fmt}
     effort = req.reasoning_effort
-    if effort is None and req.reasoning_budget is not None:
-        effort = hub.effort_for_budget(req.reasoning_budget)
+    if effort is None and req.reasoning_budget:  # reasoning turned off: say nothing, as models
+        effort = hub.effort_for_budget(req.reasoning_budget)  # that cannot reason refuse the field
     if effort is not None:
         body["reasoning"] = {"effort": effort}
     if req.parallel_tool_calls is not None:
