@@ -72,7 +72,7 @@ class Thinking:
     encrypted_content: str | None = None
     source_model: str | None = None
     id: str | None = None  # Responses reasoning item id
-    origin: str | None = None  # the wire format of the provider that sealed it (see wire.seal)
+    origin: str | None = None  # the wire format of the provider that sealed it (see wire/seals.py)
 
 
 @dataclass(slots=True)

@@ -7,10 +7,11 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, read_safely,
-    require_bool, require_model, require_positive_int, seal, sealed_thinking,
+    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    require_bool, require_model, require_positive_int,
 )
 from .openai_chat import object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "anthropic_messages"
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; other formats may leave it out

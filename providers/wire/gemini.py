@@ -9,10 +9,11 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
 from . import (
-    InvalidField, custom_as_function, error_message, foreign, load_json, parse_arguments, read_safely,
-    require_positive_int, seal, sealed_thinking,
+    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    require_positive_int,
 )
 from .openai_chat import object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "gemini"
 SYNTHETIC_ID = "gemini_call_"  # ids made up for calls Gemini sent without one: never sent back

@@ -6,10 +6,11 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data
 from . import (
-    InvalidField, dumps, error_message, foreign, load_json, read_safely, require_bool, require_model,
-    require_positive_int, seal, sealed_thinking,
+    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    require_positive_int,
 )
 from .openai_chat import error_body, object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "openai_responses"
 ROLES = {"user", "assistant", "system", "developer"}
