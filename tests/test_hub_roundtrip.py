@@ -29,6 +29,14 @@ def make_image(url: bool, data: bool, detail: bool = False):
     return st.one_of(options)
 
 
+def make_file(*, url: bool, named: bool, media_types=("application/pdf",)):
+    """Documents: inline (and by URL where the format takes one), named where it keeps names."""
+    inline = st.builds(hub.File, data=blobs, media_type=st.sampled_from(media_types),
+                       name=st.just("spec.pdf") if named else st.none())
+    return st.one_of(inline, st.builds(hub.File, url=st.just("https://x.test/spec.pdf"),
+                                       media_type=st.just("application/pdf"))) if url else inline
+
+
 def make_tool_call():
     return st.builds(hub.ToolCall, id=ids, name=names, arguments=arguments)
 
@@ -83,7 +91,7 @@ def chat_request(draw):
     tools = draw(make_tools())
     req = hub.Request(model="m", format="openai_chat", tools=tools)
     req.messages = draw(conversation(system_messages=True, assistant=chat_assistant(), tool_result=chat_tool_results,
-                                     user_image=make_image(url=True, data=True)))
+                                     user_image=make_image(url=True, data=True) | make_file(url=False, named=True)))
     if tools:
         req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto"), hub.ToolChoice("tool", tools[0].name)]))
         req.parallel_tool_calls = draw(st.sampled_from([None, True, False]))
@@ -129,7 +137,8 @@ def anthropic_request(draw):
     req = hub.Request(model="m", format="anthropic_messages", tools=tools)
     req.system = draw(st.lists(words.map(hub.Text), max_size=2))
     req.messages = draw(conversation(system_messages=False, assistant=anthropic_assistant(),
-                                     tool_result=anthropic_tool_results, user_image=make_image(url=True, data=True)))
+                                     tool_result=anthropic_tool_results,
+                                     user_image=make_image(url=True, data=True) | make_file(url=False, named=True)))
     req.max_tokens = draw(st.integers(2048, 10_000))
     if draw(st.booleans()):
         req.reasoning_budget = draw(st.integers(1024, req.max_tokens - 1))
@@ -184,7 +193,8 @@ def responses_request(draw):
     req = hub.Request(model="m", format="openai_responses", tools=tools)
     req.system = draw(st.lists(words.map(hub.Text), max_size=1))
     req.messages = draw(conversation(system_messages=True, assistant=responses_assistant(),
-                                     tool_result=responses_tool_results, user_image=make_image(url=True, data=True)))
+                                     tool_result=responses_tool_results,
+                                     user_image=make_image(url=True, data=True) | make_file(url=False, named=True)))
     if tools:
         req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto"), hub.ToolChoice("required"),
                                                 hub.ToolChoice("none"), hub.ToolChoice("tool", tools[0].name)]))
@@ -232,7 +242,9 @@ def gemini_request(draw):
     image = st.one_of(make_image(url=False, data=True),
                       st.builds(hub.Image, url=st.just("https://x.test/b.webp"), media_type=st.just("image/webp")))
     req.messages = draw(conversation(system_messages=False, assistant=gemini_assistant(),
-                                     tool_result=gemini_tool_results, user_image=image))
+                                     tool_result=gemini_tool_results,
+                                     user_image=image | make_file(url=True, named=False,
+                                                                  media_types=("application/pdf", "text/plain"))))
     if tools:
         req.tool_choice = draw(st.sampled_from([None, hub.ToolChoice("auto"), hub.ToolChoice("required"),
                                                 hub.ToolChoice("none"), hub.ToolChoice("tool", tools[0].name)]))
