@@ -99,17 +99,32 @@ def read_request(body) -> hub.Request:
             req.drop(f"tools[{i}]", f"built-in tool {', '.join(tool)} has no equivalent")
             continue
         for declaration in declarations:
-            schema = declaration.get("parametersJsonSchema") or declaration.get("parameters")
+            schema = declaration.get("parametersJsonSchema") or _json_schema(declaration.get("parameters"))
             req.tools.append(hub.Tool(declaration.get("name", ""), declaration.get("description"), schema))
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     mode, allowed = config.get("mode"), config.get("allowedFunctionNames") or []
     if mode == "ANY" and len(allowed) == 1:
         req.tool_choice = hub.ToolChoice("tool", allowed[0])
+    elif mode == "ANY" and allowed:
+        req.drop("toolConfig.functionCallingConfig.allowedFunctionNames", "only one forced function can be carried")
+        req.tool_choice = hub.ToolChoice("required")
     elif mode in ("AUTO", "ANY", "NONE"):
         req.tool_choice = hub.ToolChoice({"AUTO": "auto", "ANY": "required", "NONE": "none"}[mode])
     _read_generation(body.get("generationConfig") or {}, req)
     req.extras.update({k: v for k, v in body.items() if k not in KNOWN})
     return req
+
+
+def _json_schema(schema):
+    """JSON Schema from Gemini's OpenAPI-style schema, whose types are upper case ("OBJECT")."""
+    if isinstance(schema, list):
+        return [_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _json_schema(v) for k, v in schema.items()}
+    if isinstance(out.get("type"), str):
+        out["type"] = out["type"].lower()
+    return out
 
 
 def _read_generation(config: dict, req: hub.Request) -> None:
@@ -118,7 +133,7 @@ def _read_generation(config: dict, req: hub.Request) -> None:
     req.top_p = config.get("topP")
     req.stop = list(config.get("stopSequences") or [])
     if config.get("responseMimeType") == "application/json":
-        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        schema = config.get("responseJsonSchema") or _json_schema(config.get("responseSchema"))
         req.response_format = hub.ResponseFormat("json_schema", schema) if schema else hub.ResponseFormat("json_object")
     thinking = config.get("thinkingConfig") or {}
     budget = thinking.get("thinkingBudget")
