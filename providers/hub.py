@@ -53,6 +53,15 @@ class Image:
 
 
 @dataclass(slots=True)
+class File:
+    """A document (PDF, plain text...) given inline (base64 `data` with its `media_type`) or by `url`."""
+    data: str | None = None
+    media_type: str | None = None
+    url: str | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
 class Thinking:
     """Model reasoning. `signature` (Anthropic, Gemini thoughtSignature), `redacted` (Anthropic
     redacted_thinking data) and `encrypted_content` (OpenAI Responses) are opaque and only
@@ -63,7 +72,7 @@ class Thinking:
     encrypted_content: str | None = None
     source_model: str | None = None
     id: str | None = None  # Responses reasoning item id
-    origin: str | None = None  # the wire format of the provider that sealed it (see wire.seal)
+    origin: str | None = None  # the wire format of the provider that sealed it (see wire/seals.py)
 
 
 @dataclass(slots=True)
@@ -82,7 +91,7 @@ class ToolResult:
     name: str | None = None  # the called tool, where the format says it (Gemini needs it)
 
 
-Part = Text | Image | Thinking | ToolCall | ToolResult
+Part = Text | Image | File | Thinking | ToolCall | ToolResult
 
 
 @dataclass(slots=True)
@@ -193,6 +202,7 @@ class BlockStart:
     tool_id: str | None = None
     tool_name: str | None = None
     redacted: str | None = None  # the data of a redacted thinking block
+    custom: bool = False  # a call of a custom (free-form input) tool: its "arguments" are plain text
 
 
 @dataclass(slots=True)
@@ -279,6 +289,18 @@ def parse_data_url(url: str) -> Image:
 def image_url(image: Image) -> str:
     """The image as a URL: its own, or a data URL of its bytes."""
     return image.url or f"data:{image.media_type or 'image/png'};base64,{image.data or ''}"
+
+
+def parse_file_url(url: str, name: str | None = None) -> File:
+    """A File from a data URL (inline bytes) or any other URL."""
+    if url.startswith("data:") and ";base64," in url:
+        head, data = url[5:].split(";base64,", 1)
+        return File(data=data, media_type=head or None, name=name)
+    return File(url=url, name=name)
+
+
+def file_data_url(file: File) -> str:
+    return f"data:{file.media_type or 'application/pdf'};base64,{file.data or ''}"
 
 
 def merge_usage(old: Usage | None, new: Usage | None) -> Usage | None:

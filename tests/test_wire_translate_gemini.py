@@ -67,7 +67,8 @@ def test_a_gemini_request_becomes_an_anthropic_request():
                 {"type": "tool_result", "tool_use_id": "gemini_call_0", "content": "sunny"},
                 {"type": "tool_result", "tool_use_id": "gemini_call_1", "content": "{\"temp\": 31}"}]},
         ],
-        "tools": [{"name": "weather", "input_schema": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}}}],
+        # Gemini's OpenAPI-style upper-case types become JSON Schema's
+        "tools": [{"name": "weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
         "tool_choice": {"type": "any"},
         "max_tokens": 3000, "temperature": 0.3, "stop_sequences": ["##"],
     }

@@ -14,6 +14,7 @@ from .test_wire_translate_streams import ANTHROPIC_THINKING_AND_TOOLS, CHAT_REAS
 
 PAIRS = list(itertools.product(FORMATS, FORMATS))
 PNG = "iVBORw0KGgo="
+PDF = "JVBERi0xLjQK"
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}}}
 
 
@@ -22,7 +23,8 @@ def make_conversation() -> hub.Request:
     return hub.Request(
         model="m", system=[hub.Text("You are terse.")], max_tokens=500, temperature=0.5,
         messages=[
-            hub.Message(hub.Role.USER, [hub.Text("读一下这两个文件"), hub.Image(data=PNG, media_type="image/png")]),
+            hub.Message(hub.Role.USER, [hub.Text("读一下这两个文件"), hub.Image(data=PNG, media_type="image/png"),
+                                        hub.File(data=PDF, media_type="application/pdf")]),
             hub.Message(hub.Role.ASSISTANT, [hub.Text("Reading both."),
                                              hub.ToolCall("call_1", "read", "{\"path\": \"a.py\"}"),
                                              hub.ToolCall("call_2", "read", "{\"path\": \"b.py\"}")]),
@@ -47,6 +49,7 @@ def request_summary(req: hub.Request) -> dict:
         "assistant": [p.text for m in req.messages if m.role == hub.Role.ASSISTANT for p in m.parts
                       if isinstance(p, hub.Text)],
         "images": [(p.data, p.media_type) for p in parts if isinstance(p, hub.Image)],
+        "files": [(p.data, p.media_type) for p in parts if isinstance(p, hub.File)],
         "calls": [(p.id, p.name, json.loads(p.arguments)) for p in parts if isinstance(p, hub.ToolCall)],
         "results": [(p.call_id, [t.text for t in p.parts]) for p in parts if isinstance(p, hub.ToolResult)],
         "tools": [(t.name, t.description, t.parameters) for t in req.tools],

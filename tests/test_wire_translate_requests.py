@@ -154,10 +154,13 @@ def test_what_cannot_be_dropped_without_changing_the_meaning_is_rejected(body, p
     assert raised.value.param == param
 
 
-def test_custom_tools_cannot_go_to_anthropic():
-    chat = make_chat_request(tools=[{"type": "custom", "custom": {"name": "apply_patch"}}])
-    with pytest.raises(InvalidField):
-        translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+def test_a_custom_tool_goes_to_anthropic_as_a_function_taking_one_string():
+    chat = make_chat_request(tools=[{"type": "custom", "custom": {"name": "apply_patch", "description": "Patch"}}])
+    body, diagnostics = translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+    assert body["tools"] == [{"name": "apply_patch", "description": "Patch", "input_schema": {
+        "type": "object", "properties": {"input": {"type": "string", "description": "The whole input, as free text."}},
+        "required": ["input"]}}]
+    assert diagnostics == [("tools.apply_patch", "custom tool 'apply_patch' is sent as a function taking one string `input`")]
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -286,3 +289,91 @@ def test_read_error_finds_the_message_in_any_error_body(content, message):
 def test_a_translated_request_is_plain_json():
     body, _ = translate_request(CLAUDE_CODE_STYLE_CHAT, "openai_chat", "anthropic_messages", "claude-x")
     assert json.loads(json.dumps(body)) == body
+
+
+# --- documents --------------------------------------------------------------------------------
+
+PDF = "JVBERi0xLjQK"
+WITH_DOCUMENTS = make_anthropic_request(messages=[{"role": "user", "content": [
+    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
+    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain 文本"}},
+    {"type": "text", "text": "Summarise both."}]}])
+
+
+def test_documents_reach_chat_as_file_parts_and_come_back():
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "openai_chat", "gpt-x")
+    assert body["messages"][0]["content"][:2] == [
+        {"type": "file", "file": {"filename": "spec.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}},
+        {"type": "file", "file": {"filename": "document", "file_data": "data:text/plain;base64,cGxhaW4g5paH5pys"}}]
+    back, _ = translate_request(body, "openai_chat", "anthropic_messages", "claude-x")
+    assert back["messages"][0]["content"][:2] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}, "title": "spec.pdf"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain 文本"}, "title": "document"}]
+
+
+def test_documents_reach_responses_and_gemini():
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "openai_responses", "gpt-x")
+    assert body["input"][0]["content"][0] == {"type": "input_file", "filename": "spec.pdf",
+                                              "file_data": f"data:application/pdf;base64,{PDF}"}
+    body, _ = translate_request(WITH_DOCUMENTS, "anthropic_messages", "gemini", "g")
+    assert body["contents"][0]["parts"][:2] == [{"inlineData": {"mimeType": "application/pdf", "data": PDF}},
+                                                {"inlineData": {"mimeType": "text/plain", "data": "cGxhaW4g5paH5pys"}}]
+
+
+def test_a_document_url_cannot_go_to_chat():
+    anthropic = make_anthropic_request(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}}]}])
+    with pytest.raises(InvalidField):
+        translate_request(anthropic, "anthropic_messages", "openai_chat", "gpt-x")
+    body, _ = translate_request(anthropic, "anthropic_messages", "gemini", "g")
+    assert body["contents"][0]["parts"] == [{"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.test/a.pdf"}}]
+
+
+@pytest.mark.parametrize("src, body", [
+    ("openai_chat", make_chat_request(tools="all of them")),
+    ("anthropic_messages", make_anthropic_request(metadata="me")),
+    ("openai_responses", {"model": "m", "input": [{"role": "user", "content": [5]}]}),
+    ("gemini", {"contents": [{"role": "user", "parts": [{"functionCall": "f"}]}]}),
+])
+def test_a_field_of_the_wrong_shape_is_an_invalid_field_not_a_crash(src, body):
+    with pytest.raises(InvalidField):
+        translate_request(body, src, "openai_chat" if src != "openai_chat" else "anthropic_messages", "m")
+
+
+def test_thinking_is_turned_off_when_the_tool_loop_being_continued_has_no_signed_thinking():
+    chat = make_chat_request(reasoning_effort="high", messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "reasoning_content": "unsigned",
+         "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "r"}])
+    body, diagnostics = translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
+    assert "thinking" not in body
+    assert ("reasoning", "the tool-use turn being continued has no Anthropic thinking block, "
+                         "which Anthropic requires while thinking") in diagnostics
+
+
+def test_reasoning_history_can_be_left_out_for_chat_providers_that_refuse_it():
+    anthropic = make_anthropic_request(messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"},
+                                          {"type": "text", "text": "a"}]},
+        {"role": "user", "content": "q2"}])
+    body, _ = translate_request(anthropic, "anthropic_messages", "openai_chat", "gpt-x")
+    assert body["messages"][1] == {"role": "assistant", "content": "a", "reasoning_content": "t"}
+    stripped = codec("openai_chat").without_reasoning_history(body)
+    assert stripped["messages"][1] == {"role": "assistant", "content": "a"}
+    assert body["messages"][1]["reasoning_content"] == "t"  # the original is left alone
+
+
+@pytest.mark.parametrize("dst, field", [("openai_chat", "reasoning_effort"), ("openai_responses", "reasoning"),
+                                        ("gemini", "thinkingConfig")])
+def test_thinking_turned_off_is_not_sent_where_models_may_refuse_the_field(dst, field):
+    body, _ = translate_request(make_anthropic_request(thinking={"type": "disabled"}), "anthropic_messages", dst, "m")
+    assert field not in body and field not in body.get("generationConfig", {})
+
+
+def test_an_explicit_reasoning_effort_of_none_is_kept():
+    body, _ = translate_request(make_chat_request(reasoning_effort="none"), "openai_chat", "openai_responses", "m")
+    assert body["reasoning"] == {"effort": "none"}
+    body, _ = translate_request(make_chat_request(reasoning_effort="none"), "openai_chat", "anthropic_messages", "m")
+    assert body["thinking"] == {"type": "disabled"}

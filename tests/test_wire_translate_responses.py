@@ -1,9 +1,11 @@
 """The OpenAI Responses codec: requests, answers and streams to and from the other formats."""
+import json
+
 import pytest
 
 from providers import hub
 from providers.wire import InvalidField, codec
-from providers.wire.translate import translate_answer, translate_request
+from providers.wire.translate import custom_tool_names, translate_answer, translate_request
 
 from .test_wire_translate_streams import (
     ANTHROPIC_THINKING_AND_TOOLS, CHAT_REASONING_AND_TWO_TOOLS, make_translator, parse_sse, sse,
@@ -65,13 +67,21 @@ def test_a_responses_request_becomes_a_chat_request():
     }
 
 
-def test_a_responses_request_becomes_an_anthropic_request_with_a_thinking_budget():
-    body, _ = translate_request(CODEX_STYLE, "openai_responses", "anthropic_messages", "claude-x")
+def test_a_responses_request_becomes_an_anthropic_request():
+    body, diagnostics = translate_request(CODEX_STYLE, "openai_responses", "anthropic_messages", "claude-x")
     assert body["system"] == [{"type": "text", "text": "You are Codex."}, {"type": "text", "text": "Sandbox: read-only"}]
     assert body["messages"][1] == {"role": "assistant", "content": [
         {"type": "tool_use", "id": "call_1", "name": "shell", "input": {"cmd": ["ls"]}}]}
-    assert body["thinking"] == {"type": "enabled", "budget_tokens": 4999}
     assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    # OpenAI's reasoning cannot go to Claude, and Claude will not think on in a tool loop without its own
+    assert "thinking" not in body
+    assert ("messages.2.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
+
+
+def test_responses_reasoning_effort_becomes_a_thinking_budget_below_max_output_tokens():
+    body, _ = translate_request(make_responses_request(reasoning={"effort": "medium"}, max_output_tokens=5000),
+                                "openai_responses", "anthropic_messages", "claude-x")
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 4999}
 
 
 def test_encrypted_reasoning_goes_back_to_openai_byte_for_byte():
@@ -347,3 +357,69 @@ def test_a_claude_signature_goes_through_a_responses_client_and_back_to_anthropi
     body, diagnostics = translate_request(history, "openai_responses", "anthropic_messages", "claude-x")
     assert body["messages"][1]["content"][0] == {"type": "thinking", "thinking": "Two calls.", "signature": "EqQBCgIYAh"}
     assert diagnostics == []
+
+
+# --- custom (free-form) tools, as Codex's apply_patch --------------------------------------
+
+PATCH = "*** Begin Patch\n*** Update File: a.py\n-x\n+y\n*** End Patch"
+CODEX_CUSTOM = make_responses_request(
+    input=[{"role": "user", "content": "fix"},
+           {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch", "input": PATCH},
+           {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done"},
+           {"role": "user", "content": "again"}],
+    tools=[{"type": "custom", "name": "apply_patch", "description": "Apply a patch",
+            "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}])
+
+
+def test_custom_tool_calls_travel_to_anthropic_and_gemini_as_one_string_argument():
+    body, diagnostics = translate_request(CODEX_CUSTOM, "openai_responses", "anthropic_messages", "claude-x")
+    assert body["messages"][1] == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_p", "name": "apply_patch", "input": {"input": PATCH}}]}
+    assert body["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "call_p", "content": "Done"}
+    assert body["tools"][0]["input_schema"]["required"] == ["input"]
+    assert [name for name, _ in diagnostics] == ["tools.apply_patch"]
+    body, _ = translate_request(CODEX_CUSTOM, "openai_responses", "gemini", "gemini-x")
+    assert body["contents"][1]["parts"] == [{"functionCall": {"name": "apply_patch", "args": {"input": PATCH}, "id": "call_p"}}]
+
+
+def test_custom_tool_names_are_found_in_both_openai_formats():
+    assert custom_tool_names(CODEX_CUSTOM, "openai_responses") == {"apply_patch"}
+    chat = {"tools": [{"type": "custom", "custom": {"name": "grammar_tool"}}, {"type": "function", "function": {"name": "f"}}]}
+    assert custom_tool_names(chat, "openai_chat") == {"grammar_tool"}
+    assert custom_tool_names({"tools": "nonsense"}, "openai_chat") == frozenset()
+
+
+ANTHROPIC_PATCH_STREAM = sse(
+    {"type": "message_start", "message": {"id": "msg_p", "model": "claude-up", "usage": {"input_tokens": 3}}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_p", "name": "apply_patch", "input": {}}},
+    *[{"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}
+      for piece in ["{\"inp", "ut\": ", json.dumps(PATCH)[:20], json.dumps(PATCH)[20:], "}"]],
+    {"type": "content_block_stop", "index": 0},
+    {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}},
+    {"type": "message_stop"},
+    named=True,
+)
+
+
+def test_a_custom_call_streamed_back_as_a_function_becomes_a_custom_tool_call_again():
+    translator = make_translator("anthropic_messages", "openai_responses")
+    translator.custom_tools = custom_tool_names(CODEX_CUSTOM, "openai_responses")
+    events = parse_sse(translator.feed(ANTHROPIC_PATCH_STREAM) + translator.finish())
+    names = [name for name, _ in events]
+    assert names[2:] == ["response.output_item.added", "response.custom_tool_call_input.delta",
+                         "response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
+    assert events[3][1]["delta"] == PATCH
+    assert events[-1][1]["response"]["output"] == [
+        {"id": "ctc_toolu_p", "type": "custom_tool_call", "status": "completed", "input": PATCH,
+         "call_id": "toolu_p", "name": "apply_patch"}]
+
+
+def test_a_custom_call_in_a_whole_answer_becomes_a_custom_tool_call_again():
+    answer = {"id": "msg_1", "model": "c", "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_p", "name": "apply_patch", "input": {"input": PATCH}}]}
+    body = translate_answer(answer, "anthropic_messages", "openai_responses", "m", custom_tool_names(CODEX_CUSTOM, "openai_responses"))
+    assert body["output"] == [{"type": "custom_tool_call", "id": "ctc_toolu_p", "call_id": "toolu_p",
+                               "name": "apply_patch", "input": PATCH, "status": "completed"}]
+    chat = translate_answer(answer, "anthropic_messages", "openai_chat", "m", frozenset({"apply_patch"}))
+    assert chat["choices"][0]["message"]["tool_calls"] == [
+        {"id": "toolu_p", "type": "custom", "custom": {"name": "apply_patch", "input": PATCH}}]

@@ -12,7 +12,7 @@ import pytest
 from providers.wire.translate import StreamTranslator, translate_answer
 
 from .test_wire_translate_gemini import GEMINI_ANSWER, GEMINI_STREAM
-from .test_wire_translate_responses import RESPONSES_STREAM
+from .test_wire_translate_responses import ANTHROPIC_PATCH_STREAM, PATCH, RESPONSES_STREAM
 from .test_wire_translate_streams import ANTHROPIC_THINKING_AND_TOOLS, CHAT_REASONING_AND_TWO_TOOLS
 
 UPSTREAMS = {"openai_chat": CHAT_REASONING_AND_TWO_TOOLS, "anthropic_messages": ANTHROPIC_THINKING_AND_TOOLS,
@@ -116,3 +116,18 @@ def test_the_sdks_parse_translated_answers():
     response = make_openai(json.dumps(body).encode(), content_type="application/json").responses.create(
         model="client-model", input="hi")
     assert response.output_text == "Checking."
+
+
+def test_the_openai_sdk_assembles_a_custom_tool_call_restored_from_a_function_call():
+    translator = StreamTranslator("anthropic_messages", "openai_responses", "client-model", frozenset({"apply_patch"}))
+    body = translator.feed(ANTHROPIC_PATCH_STREAM) + translator.finish()
+    with make_openai(body).responses.stream(model="client-model", input="hi") as stream:
+        response = stream.get_final_response()
+    assert [(item.type, item.name, item.input) for item in response.output] == [("custom_tool_call", "apply_patch", PATCH)]
+    translator = StreamTranslator("anthropic_messages", "openai_chat", "client-model", frozenset({"apply_patch"}))
+    chunks = list(make_openai(translator.feed(ANTHROPIC_PATCH_STREAM) + translator.finish()).chat.completions.create(
+        model="client-model", messages=[{"role": "user", "content": "hi"}], stream=True))
+    calls = [call for chunk in chunks if chunk.choices for call in chunk.choices[0].delta.tool_calls or []]
+    # this SDK types only function deltas: the custom fields arrive as plain extras
+    assert calls[0].type == "custom" and calls[0].custom["name"] == "apply_patch"
+    assert "".join(call.custom["input"] for call in calls) == PATCH

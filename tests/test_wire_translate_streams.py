@@ -280,3 +280,19 @@ def test_deltas_before_any_start_still_give_the_client_a_well_formed_stream():
                {"type": "message_stop"}, named=True)
     out = [name for name, _ in parse_sse(translator.feed(data) + translator.finish())]
     assert out == ["message_start", "message_delta", "message_stop"]  # no block was ever opened upstream
+
+
+@pytest.mark.parametrize("src, data", [
+    ("anthropic_messages", b'data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}\n\n'
+                           b'data: {"type": "content_block_delta", "index": 0, "delta": "x"}\n\n'),
+    ("openai_chat", b'data: {"id": "c", "choices": [{"delta": {"tool_calls": "bad"}}]}\n\n'),
+    ("openai_chat", b"data: [1, 2]\n\n"),
+    ("openai_responses", b'data: {"type": "response.output_item.added", "item": "bad"}\n\n'),
+    ("gemini", b'data: {"candidates": [{"content": {"parts": ["bad"]}}]}\n\n'),
+])
+def test_an_upstream_event_of_the_wrong_shape_ends_the_stream_with_an_error(src, data):
+    translator = make_translator(src, "anthropic_messages")
+    out = parse_sse(translator.feed(data) + translator.finish())
+    assert out[-1][0] == "error"
+    assert translator.error in ("The upstream sent an event the gateway cannot read.",
+                                "The upstream sent an event that is not a JSON object.")

@@ -1,8 +1,21 @@
 """Wire-format codecs: one module per format, each reading and writing the hub form.
 
-Every codec module offers the same names: read_request, write_request, read_answer,
-write_answer, StreamReader, StreamWriter, error_body, error_event, read_error and
-validate_request. `codec(name)` returns the module for a format name.
+Every codec module offers the same names, all pure (no I/O):
+
+    validate_request(body)              raise InvalidField for a bad field the gateway reads
+    read_request(body) -> hub.Request   write_request(req, model) -> dict
+    read_answer(body) -> hub.Answer     write_answer(ans, model) -> dict
+    StreamReader().feed(bytes) -> [hub events], .close() -> [hub events]
+    StreamWriter(model).write(event) -> bytes, .fail(message) -> bytes
+    error_body(status, type, message, code=None, param=None) -> dict
+    error_event(status, type, message, code=None, param=None) -> bytes
+    read_error(content) -> str
+
+`codec(name)` returns the module for a format name; `translate.py` joins two of them.
+
+Adding a format: a module here with those names; its name in FORMATS; a strategy of what
+it carries in tests/test_hub_roundtrip.py; a sample request, answer and stream in
+tests/test_wire_translate_pairs.py (every pair is then tested); its own playbook tests.
 """
 import importlib
 import json
@@ -18,48 +31,6 @@ class InvalidField(ValueError):
         super().__init__(message)
         self.param = param
         self.message = message
-
-
-def seal(value: str, origin: str | None, client: str, item_id: str | None = None) -> str:
-    """Opaque reasoning (a signature, encrypted content) as handed to a client of format
-    `client`. Made by a provider of another format, it is prefixed with that format, so when
-    the client sends it back the gateway knows where it is valid and never passes one
-    provider's seal to another. (Base64 seals never contain ":".) A Responses seal also keeps
-    its reasoning item id, which OpenAI wants back with it."""
-    if origin in (None, client):
-        return value
-    if origin == "openai_responses":
-        return f"{origin}:{item_id or ''}:{value}"
-    return f"{origin}:{value}"
-
-
-def unseal(value: str, client: str) -> tuple[str, str, str | None]:
-    """(opaque value, origin format, Responses item id) of a seal a `client` sent back."""
-    origin, _, rest = value.partition(":")
-    if origin not in FORMATS or not rest:
-        return value, client, None
-    if origin == "openai_responses":
-        item_id, _, rest = rest.partition(":")
-        return rest, origin, item_id or None
-    return rest, origin, None
-
-
-def sealed_thinking(text: str, value: str | None, client: str, **fields):
-    """A hub Thinking for reasoning a `client` sent back with seal `value` (or none)."""
-    from .. import hub
-
-    if not value:
-        return hub.Thinking(text=text, **fields)
-    value, origin, item_id = unseal(value, client)
-    if origin == "openai_responses":
-        fields["id"] = item_id or fields.get("id")
-        return hub.Thinking(text=text, encrypted_content=value, origin=origin, **fields)
-    return hub.Thinking(text=text, signature=value, origin=origin, **fields)
-
-
-def foreign(part, upstream: str) -> bool:
-    """Is this reasoning sealed by a provider of another format than `upstream`?"""
-    return bool(part.signature or part.redacted or part.encrypted_content) and part.origin not in (None, upstream)
 
 
 def codec(name: str):
@@ -113,6 +84,41 @@ def error_message(content: bytes | str) -> str:
         if isinstance(body.get("message"), str):
             return body["message"]
     return text.strip()[:2000]
+
+
+def custom_as_function(tool, req, where: str) -> dict:
+    """A JSON schema for a custom (free-form) tool, for formats without them: one string
+    `input` holding the whole text (calls are unwrapped again on the way back)."""
+    req.drop(where, f"custom tool {tool.name!r} is sent as a function taking one string `input`")
+    return {"type": "object", "properties": {"input": {"type": "string", "description": "The whole input, as free text."}},
+            "required": ["input"]}
+
+
+def unwrap_custom_input(arguments: str) -> str:
+    """The free text of a custom tool call that went through a function's `input` argument."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get("input"), str):
+        return value["input"]
+    return arguments
+
+
+def read_safely(read, payload) -> list:
+    """The hub events of one upstream event; one whose shape is not what its format promises
+    ends the stream with an Error instead of breaking the relay."""
+    if not isinstance(payload, dict):
+        return [_hub().Error("invalid_response", "The upstream sent an event that is not a JSON object.")]
+    try:
+        return read(payload)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        return [_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read.")]
+
+
+def _hub():
+    from .. import hub  # the hub imports nothing from here; the late import keeps it that way
+    return hub
 
 
 def require_positive_int(body: dict, name: str, *, required: bool = False) -> None:

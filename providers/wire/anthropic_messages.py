@@ -1,14 +1,17 @@
 """Anthropic Messages (/v1/messages) to and from the hub form."""
+import base64
+import binascii
 import json
 import uuid
 
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, error_message, foreign, load_json, parse_arguments, require_bool, require_model,
-    require_positive_int, seal, sealed_thinking,
+    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    require_bool, require_model, require_positive_int,
 )
 from .openai_chat import object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "anthropic_messages"
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; other formats may leave it out
@@ -153,6 +156,8 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
         if source.get("type") == "base64":
             return hub.Image(data=source.get("data"), media_type=source.get("media_type"))
         raise InvalidField(f"{where}.source", f"Image source {source.get('type')!r} cannot be translated.")
+    if kind == "document":
+        return _read_document(block, where, req)
     if kind == "thinking":
         return sealed_thinking(block.get("thinking", ""), block.get("signature"), FORMAT, source_model=model)
     if kind == "redacted_thinking":
@@ -170,6 +175,39 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
                 raise InvalidField(f"{where}.content", "Tool results may hold only text and images here.")
         return hub.ToolResult(block.get("tool_use_id", ""), parts, bool(block.get("is_error")))
     raise InvalidField(where, f"Content blocks of type {kind!r} cannot be translated to another format.")
+
+
+def _read_document(block: dict, where: str, req: hub.Request) -> hub.File:
+    source = block.get("source") or {}
+    for name in ("citations", "context"):
+        if block.get(name):
+            req.drop(f"{where}.{name}", "document citations and context are Anthropic's own")
+    if source.get("type") == "base64":
+        return hub.File(data=source.get("data"), media_type=source.get("media_type"), name=block.get("title"))
+    if source.get("type") == "url":
+        return hub.File(url=source.get("url"), media_type="application/pdf", name=block.get("title"))
+    if source.get("type") == "text":
+        data = base64.b64encode(str(source.get("data", "")).encode()).decode()
+        return hub.File(data=data, media_type=source.get("media_type") or "text/plain", name=block.get("title"))
+    raise InvalidField(f"{where}.source", f"Document source {source.get('type')!r} cannot be translated.")
+
+
+def _write_document(part: hub.File, where: str) -> dict:
+    if part.url:
+        source = {"type": "url", "url": part.url}
+    elif (part.media_type or "").startswith("text/"):
+        try:
+            source = {"type": "text", "media_type": "text/plain", "data": base64.b64decode(part.data or "").decode()}
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidField(where, "A text document whose bytes are not UTF-8 text.") from None
+    elif part.media_type in (None, "application/pdf"):
+        source = {"type": "base64", "media_type": "application/pdf", "data": part.data or ""}
+    else:
+        raise InvalidField(where, f"Anthropic takes PDF and text documents, not {part.media_type!r}.")
+    block = {"type": "document", "source": source}
+    if part.name:
+        block["title"] = part.name
+    return block
 
 
 def _read_message(message: dict, where: str, req: hub.Request) -> list[hub.Message]:
@@ -248,6 +286,10 @@ def _write_thinking(req: hub.Request, body: dict) -> None:
     if body.get("tool_choice", {}).get("type") in ("any", "tool"):
         req.drop("reasoning", "Anthropic cannot think while a tool use is forced")
         return
+    if _unsigned_tool_turn(body["messages"]):
+        req.drop("reasoning", "the tool-use turn being continued has no Anthropic thinking block, "
+                              "which Anthropic requires while thinking")
+        return
     budget = max(budget, MIN_THINKING_BUDGET)
     if req.max_tokens is None:
         body["max_tokens"] = budget + DEFAULT_MAX_TOKENS
@@ -263,6 +305,18 @@ def _write_thinking(req: hub.Request, body: dict) -> None:
     if body.get("top_p") is not None and body["top_p"] < 0.95:
         del body["top_p"]
         req.drop("top_p", "Anthropic does not accept top_p below 0.95 while thinking")
+
+
+def _unsigned_tool_turn(messages: list[dict]) -> bool:
+    """Does the last assistant turn call tools without starting with a thinking block? (With
+    thinking on, Anthropic wants the turn a tool loop continues to keep its signed thinking;
+    history from another provider has none.)"""
+    turns = [m for m in messages if m["role"] == "assistant"]
+    if not turns or isinstance(turns[-1]["content"], str):
+        return False
+    blocks = turns[-1]["content"]
+    calls = any(b["type"] == "tool_use" for b in blocks)
+    return calls and blocks[0]["type"] not in ("thinking", "redacted_thinking")
 
 
 def _write_messages(req: hub.Request, model: str) -> list[dict]:
@@ -302,6 +356,8 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
         return {"type": "text", "text": part.text} if part.text else None  # empty text is refused
     if isinstance(part, hub.Image):
         return _write_image(part)
+    if isinstance(part, hub.File):
+        return _write_document(part, where)
     if isinstance(part, hub.Thinking):
         if foreign(part, FORMAT):
             req.drop(f"{where}.thinking", f"reasoning sealed by a {part.origin} provider is only valid there")
@@ -316,9 +372,8 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
         req.drop(f"{where}.thinking", "Anthropic accepts only reasoning it signed")
         return None
     if isinstance(part, hub.ToolCall):
-        if part.kind == "custom":
-            raise InvalidField(f"{where}.tool_calls", "Custom (free-form) tool calls cannot be sent to Anthropic.")
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": parse_arguments(part.arguments)}
+        arguments = {"input": part.arguments} if part.kind == "custom" else parse_arguments(part.arguments)
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": arguments}
     if isinstance(part, hub.ToolResult):
         block = {"type": "tool_result", "tool_use_id": part.call_id}
         if len(part.parts) == 1 and isinstance(part.parts[0], hub.Text):
@@ -333,11 +388,12 @@ def _write_part(part, where: str, req: hub.Request, model: str) -> dict | None:
 
 
 def _write_tool(tool: hub.Tool, req: hub.Request) -> dict:
-    if tool.kind == "custom":
-        raise InvalidField("tools", f"Custom (free-form) tool {tool.name!r} cannot be sent to Anthropic.")
     out = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
+    if tool.kind == "custom":
+        out["input_schema"] = custom_as_function(tool, req, f"tools.{tool.name}")
+        return out
     out["input_schema"] = object_schema(tool.parameters)
     if tool.strict:
         req.drop("tools.strict", "Anthropic tools take no strict flag")
@@ -480,7 +536,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += self._read_event(event)
+            events += read_safely(self._read_event, event)
         return events
 
     def close(self) -> list:

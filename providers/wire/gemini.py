@@ -8,8 +8,12 @@ import uuid
 
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
-from . import InvalidField, error_message, foreign, load_json, parse_arguments, require_positive_int, seal, sealed_thinking
+from . import (
+    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    require_positive_int,
+)
 from .openai_chat import object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "gemini"
 SYNTHETIC_ID = "gemini_call_"  # ids made up for calls Gemini sent without one: never sent back
@@ -95,17 +99,32 @@ def read_request(body) -> hub.Request:
             req.drop(f"tools[{i}]", f"built-in tool {', '.join(tool)} has no equivalent")
             continue
         for declaration in declarations:
-            schema = declaration.get("parametersJsonSchema") or declaration.get("parameters")
+            schema = declaration.get("parametersJsonSchema") or _json_schema(declaration.get("parameters"))
             req.tools.append(hub.Tool(declaration.get("name", ""), declaration.get("description"), schema))
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     mode, allowed = config.get("mode"), config.get("allowedFunctionNames") or []
     if mode == "ANY" and len(allowed) == 1:
         req.tool_choice = hub.ToolChoice("tool", allowed[0])
+    elif mode == "ANY" and allowed:
+        req.drop("toolConfig.functionCallingConfig.allowedFunctionNames", "only one forced function can be carried")
+        req.tool_choice = hub.ToolChoice("required")
     elif mode in ("AUTO", "ANY", "NONE"):
         req.tool_choice = hub.ToolChoice({"AUTO": "auto", "ANY": "required", "NONE": "none"}[mode])
     _read_generation(body.get("generationConfig") or {}, req)
     req.extras.update({k: v for k, v in body.items() if k not in KNOWN})
     return req
+
+
+def _json_schema(schema):
+    """JSON Schema from Gemini's OpenAPI-style schema, whose types are upper case ("OBJECT")."""
+    if isinstance(schema, list):
+        return [_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _json_schema(v) for k, v in schema.items()}
+    if isinstance(out.get("type"), str):
+        out["type"] = out["type"].lower()
+    return out
 
 
 def _read_generation(config: dict, req: hub.Request) -> None:
@@ -114,7 +133,7 @@ def _read_generation(config: dict, req: hub.Request) -> None:
     req.top_p = config.get("topP")
     req.stop = list(config.get("stopSequences") or [])
     if config.get("responseMimeType") == "application/json":
-        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        schema = config.get("responseJsonSchema") or _json_schema(config.get("responseSchema"))
         req.response_format = hub.ResponseFormat("json_schema", schema) if schema else hub.ResponseFormat("json_object")
     thinking = config.get("thinkingConfig") or {}
     budget = thinking.get("thinkingBudget")
@@ -150,14 +169,8 @@ def _read_parts(parts: list, where: str, ids: _CallIds, model: str | None = None
         if "text" in part:
             if part["text"] or not signature:
                 out.append(hub.Text(part["text"]))
-        elif "inlineData" in part:
-            data = part["inlineData"]
-            if not str(data.get("mimeType", "")).startswith("image/"):
-                raise InvalidField(f"{where}.parts[{j}]", f"Inline data of type {data.get('mimeType')!r} cannot be translated.")
-            out.append(hub.Image(data=data.get("data"), media_type=data.get("mimeType")))
-        elif "fileData" in part:
-            data = part["fileData"]
-            out.append(hub.Image(url=data.get("fileUri"), media_type=data.get("mimeType")))
+        elif "inlineData" in part or "fileData" in part:
+            out.append(_read_data(part, f"{where}.parts[{j}]"))
         elif "functionCall" in part:
             call = part["functionCall"]
             out.append(hub.ToolCall(ids.call(call), call.get("name", ""),
@@ -173,6 +186,19 @@ def _read_parts(parts: list, where: str, ids: _CallIds, model: str | None = None
         elif not signature:
             raise InvalidField(f"{where}.parts[{j}]", f"Parts with {', '.join(part)} cannot be translated.")
     return out
+
+
+def _read_data(part: dict, where: str):
+    """An image or a document (PDF, text) given inline or by URI."""
+    inline = "inlineData" in part
+    data = part["inlineData" if inline else "fileData"]
+    media_type = str(data.get("mimeType") or "")
+    kind = hub.Image if media_type.startswith("image/") else hub.File
+    if kind is hub.File and not (media_type == "application/pdf" or media_type.startswith("text/")):
+        raise InvalidField(where, f"Data of type {media_type!r} cannot be translated.")
+    if inline:
+        return kind(data=data.get("data"), media_type=media_type or None)
+    return kind(url=data.get("fileUri"), media_type=media_type or None)
 
 
 def _read_content(content: dict, where: str, ids: _CallIds) -> list[hub.Message]:
@@ -198,7 +224,7 @@ def write_request(req: hub.Request, model: str) -> dict:
         body["systemInstruction"] = {"parts": [{"text": t.text} for t in system]}
     body["contents"] = _write_contents(req, model)
     if req.tools:
-        body["tools"] = [{"functionDeclarations": [_write_tool(t) for t in req.tools]}]
+        body["tools"] = [{"functionDeclarations": [_write_tool(t, req) for t in req.tools]}]
         if any(t.strict for t in req.tools):
             req.drop("tools.strict", "Gemini function declarations take no strict flag")
     choice = req.tool_choice
@@ -243,16 +269,21 @@ def _write_generation(req: hub.Request) -> dict:
     budget = req.reasoning_budget
     if budget is None and req.reasoning_effort is not None:
         budget = hub.budget_for_effort(req.reasoning_effort) or 0
-    if budget is not None:
+    if budget == 0 and req.format != FORMAT:
+        # Some Gemini models (2.5 Pro) cannot stop thinking and refuse a zero budget
+        req.drop("reasoning", "turning reasoning off is left to the Gemini model's default")
+    elif budget is not None:
         # includeThoughts: clients of every format expect to see the reasoning they asked for
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True} if budget else {"thinkingBudget": 0}
     return config
 
 
-def _write_image(image: hub.Image) -> dict:
+def _write_image(image: hub.Image | hub.File) -> dict:
+    default = "application/pdf" if isinstance(image, hub.File) else "image/png"
     if image.url:
-        return {"fileData": {"mimeType": image.media_type or _guess_type(image.url), "fileUri": image.url}}
-    return {"inlineData": {"mimeType": image.media_type or "image/png", "data": image.data or ""}}
+        guess = default if isinstance(image, hub.File) else _guess_type(image.url)
+        return {"fileData": {"mimeType": image.media_type or guess, "fileUri": image.url}}
+    return {"inlineData": {"mimeType": image.media_type or default, "data": image.data or ""}}
 
 
 def _guess_type(url: str) -> str:
@@ -287,13 +318,12 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
             continue
         if isinstance(part, hub.Text):
             item = {"text": part.text}
-        elif isinstance(part, hub.Image):
+        elif isinstance(part, (hub.Image, hub.File)):
             item = _write_image(part)
         elif isinstance(part, hub.ToolCall):
-            if part.kind == "custom":
-                raise InvalidField(f"{where}.tool_calls", "Custom (free-form) tool calls cannot be sent to Gemini.")
             names[part.id] = part.name
-            call = {"name": part.name, "args": parse_arguments(part.arguments)}
+            arguments = {"input": part.arguments} if part.kind == "custom" else parse_arguments(part.arguments)
+            call = {"name": part.name, "args": arguments}
             if not part.id.startswith(SYNTHETIC_ID):
                 call["id"] = part.id
             item = {"functionCall": call}
@@ -337,12 +367,13 @@ def _write_contents(req: hub.Request, model: str) -> list[dict]:
     return out
 
 
-def _write_tool(tool: hub.Tool) -> dict:
-    if tool.kind == "custom":
-        raise InvalidField("tools", f"Custom (free-form) tool {tool.name!r} cannot be sent to Gemini.")
+def _write_tool(tool: hub.Tool, req: hub.Request) -> dict:
     out = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
+    if tool.kind == "custom":
+        out["parametersJsonSchema"] = custom_as_function(tool, req, f"tools.{tool.name}")
+        return out
     # parametersJsonSchema takes full JSON Schema; the older `parameters` refuses much of it
     out["parametersJsonSchema"] = object_schema(tool.parameters)
     return out
@@ -358,7 +389,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     cached = usage.get("cachedContentTokenCount") or 0
     thoughts = usage.get("thoughtsTokenCount") or 0
     prompt = (usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount") or 0)
-    return hub.Usage(input_tokens=prompt - cached, cached_read=cached,
+    return hub.Usage(input_tokens=max(prompt - cached, 0), cached_read=cached,
                      output_tokens=(usage.get("candidatesTokenCount") or 0) + thoughts, reasoning_tokens=thoughts)
 
 
@@ -463,7 +494,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
                 continue
-            events += self._read_chunk(chunk)
+            events += read_safely(self._read_chunk, chunk)
         return events
 
     def close(self) -> list:

@@ -7,7 +7,8 @@ from .. import hub
 from ..adapters.base import Usage, as_int
 from ..sse import EventSplitter, data_event, event_data, split_events
 from . import (
-    InvalidField, dumps, error_message, load_json, require_bool, require_model, require_positive_int,
+    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    require_positive_int,
 )
 
 FORMAT = "openai_chat"
@@ -111,6 +112,9 @@ def _read_content(content, where: str, req: hub.Request) -> list:
             parts.append(image)
         elif kind == "refusal":
             parts.append(hub.Text(part.get("refusal", "")))
+        elif kind == "file" and (part.get("file") or {}).get("file_data"):
+            spec = part["file"]
+            parts.append(hub.parse_file_url(spec["file_data"], spec.get("filename")))
         else:
             raise InvalidField(f"{where}.content[{j}]",
                                f"Content of type {kind!r} cannot be translated to another format.")
@@ -202,8 +206,8 @@ def write_request(req: hub.Request, model: str) -> dict:
     if req.response_format:
         body["response_format"] = _write_response_format(req.response_format)
     effort = req.reasoning_effort
-    if effort is None and req.reasoning_budget is not None:
-        effort = hub.effort_for_budget(req.reasoning_budget)
+    if effort is None and req.reasoning_budget:  # reasoning turned off: say nothing, as models
+        effort = hub.effort_for_budget(req.reasoning_budget)  # that cannot reason refuse the field
     if effort is not None:
         body["reasoning_effort"] = effort
     if req.parallel_tool_calls is not None:
@@ -214,6 +218,14 @@ def write_request(req: hub.Request, model: str) -> dict:
         body["metadata"] = req.metadata
     _write_extras(req, body)
     return body
+
+
+def without_reasoning_history(body: dict) -> dict:
+    """The chat body without `reasoning_content` on past assistant turns. Providers differ:
+    Kimi and DeepSeek's thinking mode want it back in tool loops, OpenAI and older DeepSeek
+    reasoners refuse it. An adapter whose provider refuses it applies this."""
+    messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in body.get("messages") or []]
+    return {**body, "messages": messages}
 
 
 def _write_extras(req: hub.Request, body: dict) -> None:
@@ -234,6 +246,10 @@ def _content_value(parts: list):
 def _write_part(part) -> dict:
     if isinstance(part, hub.Text):
         return {"type": "text", "text": part.text}
+    if isinstance(part, hub.File):
+        if part.url:  # chat takes documents only inline
+            raise InvalidField("messages", "A document given by URL cannot be sent in the chat format.")
+        return {"type": "file", "file": {"filename": part.name or "document", "file_data": hub.file_data_url(part)}}
     spec = {"url": hub.image_url(part)}
     if part.detail:
         spec["detail"] = part.detail
@@ -245,7 +261,7 @@ def _write_message(message: hub.Message, where: str, req: hub.Request) -> list[d
     if message.role == hub.Role.TOOL or any(isinstance(p, hub.ToolResult) for p in message.parts):
         return _write_tool_results(message, where, req)
     if message.role != hub.Role.ASSISTANT:
-        parts = [p for p in message.parts if isinstance(p, (hub.Text, hub.Image))]
+        parts = [p for p in message.parts if isinstance(p, (hub.Text, hub.Image, hub.File))]
         if len(parts) < len(message.parts):
             req.drop(f"{where}.content", "only text and images can be sent in a non-assistant turn")
         if message.role in (hub.Role.SYSTEM, hub.Role.DEVELOPER):
@@ -348,7 +364,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")
               or usage.get("prompt_cache_hit_tokens") or 0)
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return hub.Usage(input_tokens=prompt - cached, cached_read=cached,
+    return hub.Usage(input_tokens=max(prompt - cached, 0), cached_read=cached,
                      output_tokens=usage.get("completion_tokens") or 0, reasoning_tokens=reasoning)
 
 
@@ -472,7 +488,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
                 continue
-            events += self._read_chunk(chunk)
+            events += read_safely(self._read_chunk, chunk)
         return events
 
     def close(self) -> list:
@@ -538,7 +554,7 @@ class StreamReader:
             if tool_index not in self._tools:
                 events += self._begin(f"tool:{tool_index}", hub.BlockKind.TOOL_CALL,
                                       tool_id=call.get("id") or f"call_{tool_index}",
-                                      tool_name=function.get("name") or "")
+                                      tool_name=function.get("name") or "", custom="custom" in call)
                 self._tools[tool_index] = self._open[1]
             arguments = function.get("arguments") or function.get("input")
             if arguments:
@@ -557,6 +573,7 @@ class StreamWriter:
         self.finished = False
         self._kinds: dict[int, hub.BlockKind] = {}
         self._tools: dict[int, int] = {}  # hub block index -> chat tool index
+        self._custom: set[int] = set()  # hub block indices of custom tool calls
 
     def write(self, event) -> bytes:
         if self.finished:
@@ -573,8 +590,13 @@ class StreamWriter:
             self._kinds[event.index] = event.kind
             if event.kind == hub.BlockKind.TOOL_CALL:
                 k = self._tools[event.index] = len(self._tools)
-                call = {"index": k, "id": event.tool_id, "type": "function",
-                        "function": {"name": event.tool_name, "arguments": ""}}
+                if event.custom:
+                    self._custom.add(event.index)
+                    call = {"index": k, "id": event.tool_id, "type": "custom",
+                            "custom": {"name": event.tool_name, "input": ""}}
+                else:
+                    call = {"index": k, "id": event.tool_id, "type": "function",
+                            "function": {"name": event.tool_name, "arguments": ""}}
                 out += self._chunk({"tool_calls": [call]})
         elif isinstance(event, hub.TextDelta):
             out += self._chunk({"content": event.text})
@@ -582,7 +604,9 @@ class StreamWriter:
             out += self._chunk({"reasoning_content": event.text})
         elif isinstance(event, hub.ToolArgsDelta):
             k = self._tools.get(event.index)
-            if k is not None:
+            if k is not None and event.index in self._custom:
+                out += self._chunk({"tool_calls": [{"index": k, "custom": {"input": event.json}}]})
+            elif k is not None:
                 out += self._chunk({"tool_calls": [{"index": k, "function": {"arguments": event.json}}]})
         elif isinstance(event, hub.Finish):
             out += self._finish(event)

@@ -6,10 +6,11 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data
 from . import (
-    InvalidField, dumps, error_message, foreign, load_json, require_bool, require_model, require_positive_int,
-    seal, sealed_thinking,
+    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    require_positive_int,
 )
 from .openai_chat import error_body, object_schema
+from .seals import foreign, seal, sealed_thinking
 
 FORMAT = "openai_responses"
 ROLES = {"user", "assistant", "system", "developer"}
@@ -142,6 +143,11 @@ def _read_content(content, where: str) -> list:
             parts.append(hub.Text(part.get("text", "")))
         elif kind == "refusal":
             parts.append(hub.Text(part.get("refusal", "")))
+        elif kind == "input_file" and (part.get("file_data") or part.get("file_url")):
+            url = part.get("file_url") or part["file_data"]
+            if not url.startswith(("data:", "http:", "https:")):  # bare base64 is accepted too
+                url = f"data:application/pdf;base64,{url}"
+            parts.append(hub.parse_file_url(url, part.get("filename")))
         elif kind == "input_image" and part.get("image_url"):
             image = hub.parse_data_url(part["image_url"])
             image.detail = None if part.get("detail") in (None, "auto") else part["detail"]
@@ -196,8 +202,8 @@ def write_request(req: hub.Request, model: str) -> dict:
             fmt = {"type": spec.type}
         body["text"] = {"format": fmt}
     effort = req.reasoning_effort
-    if effort is None and req.reasoning_budget is not None:
-        effort = hub.effort_for_budget(req.reasoning_budget)
+    if effort is None and req.reasoning_budget:  # reasoning turned off: say nothing, as models
+        effort = hub.effort_for_budget(req.reasoning_budget)  # that cannot reason refuse the field
     if effort is not None:
         body["reasoning"] = {"effort": effort}
     if req.parallel_tool_calls is not None:
@@ -231,7 +237,7 @@ def _write_items(req: hub.Request, model: str) -> list[dict]:
         elif message.role == hub.Role.ASSISTANT:
             items += _write_assistant(message, kinds, where, req, model)
         else:
-            parts = [_write_input_part(p) for p in message.parts if isinstance(p, (hub.Text, hub.Image))]
+            parts = [_write_input_part(p) for p in message.parts if isinstance(p, (hub.Text, hub.Image, hub.File))]
             if message.role != hub.Role.USER:
                 parts = [p for p in parts if p["type"] == "input_text"]
             results = [p for p in message.parts if isinstance(p, hub.ToolResult)]
@@ -244,6 +250,10 @@ def _write_items(req: hub.Request, model: str) -> list[dict]:
 def _write_input_part(part) -> dict:
     if isinstance(part, hub.Text):
         return {"type": "input_text", "text": part.text}
+    if isinstance(part, hub.File):
+        if part.url:
+            return {"type": "input_file", "file_url": part.url}
+        return {"type": "input_file", "filename": part.name or "document", "file_data": hub.file_data_url(part)}
     return {"type": "input_image", "image_url": hub.image_url(part), "detail": part.detail or "auto"}
 
 
@@ -325,7 +335,7 @@ def read_usage(usage: dict | None) -> hub.Usage | None:
     details = usage.get("input_tokens_details") or {}
     cached = details.get("cached_tokens") or 0
     written = details.get("cache_write_tokens") or 0
-    return hub.Usage(input_tokens=(usage.get("input_tokens") or 0) - cached - written, cached_read=cached,
+    return hub.Usage(input_tokens=max((usage.get("input_tokens") or 0) - cached - written, 0), cached_read=cached,
                      cache_write=written, output_tokens=usage.get("output_tokens") or 0,
                      reasoning_tokens=(usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
 
@@ -485,7 +495,7 @@ class StreamReader:
             except ValueError:
                 events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += self._read_event(event)
+            events += read_safely(self._read_event, event)
         return events
 
     def close(self) -> list:
@@ -511,7 +521,8 @@ class StreamReader:
             if item.get("type") in ("function_call", "custom_tool_call"):
                 self._calls = True
                 events = self._open((output_index, None), hub.BlockKind.TOOL_CALL,
-                                    tool_id=item.get("call_id"), tool_name=item.get("name"))
+                                    tool_id=item.get("call_id"), tool_name=item.get("name"),
+                                    custom=item["type"] == "custom_tool_call")
                 arguments = item.get("arguments") or item.get("input")
                 if arguments:
                     self._args_seen.add(self._blocks[(output_index, None)])
@@ -651,6 +662,9 @@ class StreamWriter:
                     "role": "assistant", "content": []}
         elif event.kind == hub.BlockKind.THINKING:
             item = {"id": f"rs_{self.id[5:]}_{output_index}", "type": "reasoning", "summary": []}
+        elif event.custom:
+            item = {"id": f"ctc_{event.tool_id}", "type": "custom_tool_call", "status": "in_progress",
+                    "input": "", "call_id": event.tool_id, "name": event.tool_name}
         else:
             item = {"id": f"fc_{event.tool_id}", "type": "function_call", "status": "in_progress",
                     "arguments": "", "call_id": event.tool_id, "name": event.tool_name}
@@ -689,6 +703,10 @@ class StreamWriter:
             item["arguments"] += text
             return out + self._event("response.function_call_arguments.delta", item_id=item["id"],
                                      output_index=output_index, delta=text)
+        if item["type"] == "custom_tool_call" and kind == hub.BlockKind.TOOL_CALL:
+            item["input"] += text
+            return out + self._event("response.custom_tool_call_input.delta", item_id=item["id"],
+                                     output_index=output_index, delta=text)
         return out
 
     def _close_open(self) -> bytes:
@@ -713,6 +731,10 @@ class StreamWriter:
         elif item["type"] == "function_call":
             out += self._event("response.function_call_arguments.done", item_id=item["id"],
                                output_index=output_index, arguments=item["arguments"])
+            item["status"] = "completed"
+        elif item["type"] == "custom_tool_call":
+            out += self._event("response.custom_tool_call_input.done", item_id=item["id"],
+                               output_index=output_index, input=item["input"])
             item["status"] = "completed"
         return out + self._event("response.output_item.done", output_index=output_index, item=item)
 

@@ -1,19 +1,46 @@
-"""Translation between wire formats through the hub: requests, answers and streams. Pure."""
+"""Translation between wire formats through the hub: requests, answers and streams. Pure.
+
+How the proxy uses it, when the client's format (src of the request) differs from the
+upstream's: `translate_request(body, client, upstream, model)` gives the upstream body and
+the diagnostics to log; the answer comes back through `translate_answer(body, upstream,
+client, model, custom_tools)` or, streamed, through one `StreamTranslator(upstream, client,
+model, custom_tools)` fed every upstream read. `custom_tools` is `custom_tool_names(body,
+client)`: OpenAI custom (free-form) tools travel to other providers as functions taking one
+string, and their calls are turned back into custom calls here.
+"""
 from .. import hub
-from . import codec
+from . import InvalidField, codec, unwrap_custom_input
 
 
 def translate_request(body, src: str, dst: str, model: str) -> tuple[dict, list[tuple[str, str]]]:
     """The `src` request `body` as a `dst` request for `model`, and what could not be carried
     as (field, reason) pairs. Raises InvalidField when dropping would change the meaning."""
-    req = codec(src).read_request(body)
+    try:
+        req = codec(src).read_request(body)
+    except (AttributeError, TypeError, KeyError) as exc:
+        # a field of the wrong shape that validation does not check: still the client's mistake
+        raise InvalidField("body", f"The request has a field of the wrong shape ({type(exc).__name__}: {exc}).") from None
     out = codec(dst).write_request(req, model)
     return out, req.diagnostics
 
 
-def translate_answer(body, src: str, dst: str, model: str) -> dict:
+def custom_tool_names(body: dict, src: str) -> frozenset[str]:
+    """Names of the custom (free-form input) tools a client declared; only OpenAI formats have them."""
+    names = set()
+    tools = body.get("tools") if isinstance(body, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and tool.get("type") == "custom":
+            names.add((tool.get("custom") or {}).get("name") if src == "openai_chat" else tool.get("name"))
+    return frozenset(n for n in names if n)
+
+
+def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozenset()) -> dict:
     """A whole (non-streamed) `src` answer as the `dst` client expects it."""
-    return codec(dst).write_answer(codec(src).read_answer(body), model)
+    ans = codec(src).read_answer(body)
+    for part in ans.parts:
+        if isinstance(part, hub.ToolCall) and part.name in custom_tools and part.kind != "custom":
+            part.kind, part.arguments = "custom", unwrap_custom_input(part.arguments)
+    return codec(dst).write_answer(ans, model)
 
 
 class StreamTranslator:
@@ -23,12 +50,14 @@ class StreamTranslator:
     `usage` is the last usage seen (hub.Usage), `error` the message of an upstream error or
     failure, `finished` whether the upstream finished properly."""
 
-    def __init__(self, src: str, dst: str, model: str):
+    def __init__(self, src: str, dst: str, model: str, custom_tools=frozenset()):
         self.reader = codec(src).StreamReader()
         self.writer = codec(dst).StreamWriter(model)
         self.usage: hub.Usage | None = None
         self.error: str | None = None
         self.finished = False
+        self.custom_tools = custom_tools
+        self._custom_args: dict[int, str] = {}  # block index -> arguments of a custom call, held whole
 
     def feed(self, data: bytes) -> bytes:
         return self._write(self.reader.feed(data))
@@ -56,5 +85,19 @@ class StreamTranslator:
                 self.finished = True
             elif isinstance(event, hub.Error) and self.error is None:
                 self.error = event.message
-            out.append(self.writer.write(event))
+            out += [self.writer.write(e) for e in self._restore_custom(event)]
         return b"".join(out)
+
+    def _restore_custom(self, event) -> list:
+        """A custom tool's call came back as a function call with one `input` argument: its
+        arguments are held until the call is complete, then handed on as the plain text."""
+        if isinstance(event, hub.BlockStart) and event.tool_name in self.custom_tools and not event.custom:
+            event.custom = True
+            self._custom_args[event.index] = ""
+        elif isinstance(event, hub.ToolArgsDelta) and event.index in self._custom_args:
+            self._custom_args[event.index] += event.json
+            return []
+        elif isinstance(event, hub.BlockStop) and event.index in self._custom_args:
+            text = unwrap_custom_input(self._custom_args.pop(event.index))
+            return [hub.ToolArgsDelta(event.index, text), event] if text else [event]
+        return [event]
