@@ -116,6 +116,9 @@ class RequestLog(models.Model):
     error_message = models.TextField(_("error message"), blank=True)
     request_body = models.TextField(_("request body"), blank=True)
     response_body = models.TextField(_("response body"), blank=True)
+    diagnostics = models.TextField(
+        _("diagnostics"), blank=True,
+        help_text=_("What could not be carried to the upstream's protocol and was dropped, one field per line."))
     sanitized = models.BooleanField(
         _("sanitised"), default=False,
         help_text=_("Some text was changed (or dropped) so that the database could store the row."))

@@ -31,7 +31,7 @@ from providers import hub, tokens
 from providers.adapters.base import Usage
 from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 from providers.wire.relays import ObservingRelay, TranslatingRelay
-from providers.wire.translate import translate_request
+from providers.wire.translate import custom_tool_names, translate_answer, translate_request
 
 from .endpoints import Endpoint
 from .record import RequestRecord, close_quietly
@@ -327,7 +327,7 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
                 if not _looks_whole(content):
                     raise AttemptFailed(Failure("bad_answer", retryable=True,
                                                 detail="malformed answer (not a whole JSON object)"))
-                if upstream_wire != "openai_chat":
+                if not client_wire == upstream_wire == "openai_chat":  # (the log writer reads those)
                     content = _answer_for_client(record, content, upstream_wire, client_wire, inbound.body)
         except AttemptFailed:
             raise
@@ -437,7 +437,8 @@ def _stream_relay(client_wire: str, upstream_wire: str, client_body: dict, secre
         return CODECS["openai_chat"].StreamRelay(_client_wants_usage(client_body), secret)
     if client_wire == upstream_wire:
         return ObservingRelay(client_wire, secret)
-    return TranslatingRelay(upstream_wire, client_wire, client_body.get("model", ""), secret)
+    return TranslatingRelay(upstream_wire, client_wire, client_body.get("model", ""), secret,
+                            custom_tools=custom_tool_names(client_body, client_wire))
 
 
 def _answer_for_client(record: RequestRecord, content: bytes, upstream_wire: str, client_wire: str,
@@ -447,8 +448,9 @@ def _answer_for_client(record: RequestRecord, content: bytes, upstream_wire: str
     try:
         answer = CODECS[upstream_wire].read_answer(content)
         if client_wire != upstream_wire:
-            content = json.dumps(CODECS[client_wire].write_answer(answer, client_body.get("model", "")),
-                                 ensure_ascii=False).encode()
+            translated = translate_answer(answer, upstream_wire, client_wire, client_body.get("model", ""),
+                                          custom_tool_names(client_body, client_wire))
+            content = json.dumps(translated, ensure_ascii=False).encode()
     except (InvalidField, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AttemptFailed(Failure("bad_answer", retryable=True, detail=f"answer not readable ({exc})"[:300]))
     record.log.usage = log_usage(answer.usage)

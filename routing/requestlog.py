@@ -75,6 +75,7 @@ class LogEntry:
     stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
     log_bodies: bool = False  # the key's setting: store request and response text
+    diagnostics: list[str] | None = None  # what translation dropped (field: reason)
 
     def __reduce__(self):
         # Pickled as a plain tuple: the dataclass default looks its fields up for every entry.
@@ -313,6 +314,7 @@ def _row(e: LogEntry):
         request_body=request_body,
         response_body=response_body,
         sanitized=any(changed for _, changed in texts),
+        diagnostics=_clean("\n".join(e.diagnostics))[0][:4000] if e.diagnostics else "",
     )
 
 

@@ -64,8 +64,8 @@ class ObservingRelay:
 class TranslatingRelay:
     """Upstream format in, client format out, through the hub (translate.StreamTranslator)."""
 
-    def __init__(self, src: str, dst: str, model: str, secret: str | None = None):
-        self.translator = StreamTranslator(src, dst, model)
+    def __init__(self, src: str, dst: str, model: str, secret: str | None = None, custom_tools=frozenset()):
+        self.translator = StreamTranslator(src, dst, model, custom_tools=custom_tools)
         self._secret = secret.encode() if secret else None
         self.started = False
 

@@ -35,8 +35,9 @@ def custom_tool_names(body: dict, src: str) -> frozenset[str]:
 
 
 def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozenset()) -> dict:
-    """A whole (non-streamed) `src` answer as the `dst` client expects it."""
-    ans = codec(src).read_answer(body)
+    """A whole (non-streamed) `src` answer (its body, or already read into a hub.Answer) as
+    the `dst` client expects it."""
+    ans = body if isinstance(body, hub.Answer) else codec(src).read_answer(body)
     for part in ans.parts:
         if isinstance(part, hub.ToolCall) and part.name in custom_tools and part.kind != "custom":
             part.kind, part.arguments = "custom", unwrap_custom_input(part.arguments)
