@@ -5,6 +5,8 @@ from pathlib import Path
 
 import environ
 
+from llmgateway.redis import embedded_redis_url as _embedded_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -116,8 +118,10 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Unset means "start an embedded Redis" (see `manage.py serve`); tests and
-# production set it.
-REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# production set it. Other commands run with it unset (`gateway_config`, `shell`) use the
+# embedded Redis that a running `serve` recorded in DATA_DIR.
+REDIS_URL = (env("REDIS_URL", default="") or _embedded_redis_url(DATA_DIR)
+             or "redis://127.0.0.1:6379/0")
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

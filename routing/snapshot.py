@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from keys.auth import KeyEntry, key_entry
-from llmgateway.redis import async_client, sync_client
+from llmgateway.redis import async_client, sync_client, warn_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ def bump_config_version() -> None:
     try:
         sync_client().incr(VERSION_KEY)
     except Exception as exc:  # a Redis outage must not fail an admin save
-        log.warning("could not bump the config version in Redis (%s); processes catch up within %ss",
-                    type(exc).__name__, MAX_AGE_S)
+        warn_unreachable(exc, f"running gateways pick the change up within {MAX_AGE_S:.0f} s")
 
 
 class SnapshotKeeper:

@@ -18,6 +18,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from llmgateway.redis import forget_embedded_redis, record_embedded_redis, sync_client
+
 STOP_GRACE_S = 15
 
 
@@ -32,11 +34,16 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, no_worker, **options):
         env = os.environ.copy()
         children: list[subprocess.Popen] = []
+        redis_proc = None
         try:
-            if "REDIS_URL" not in os.environ:
+            if not os.environ.get("REDIS_URL"):
                 redis_url, redis_proc = start_embedded_redis(Path(settings.DATA_DIR) / "redis")
                 children.append(redis_proc)
                 env["REDIS_URL"] = redis_url
+                # This process too: migrate's saves bump the config version.
+                settings.REDIS_URL = redis_url
+                sync_client.cache_clear()
+                record_embedded_redis(settings.DATA_DIR, redis_url, redis_proc.pid)
                 self.stdout.write(f"Embedded Redis at {redis_url}")
             call_command("migrate", interactive=False, verbosity=0)
             call_command("collectstatic", interactive=False, verbosity=0)
@@ -57,6 +64,8 @@ class Command(BaseCommand):
             _wait_for_exit(children)
         finally:
             stop_all(children)
+            if redis_proc is not None:
+                forget_embedded_redis(settings.DATA_DIR, redis_proc.pid)
 
     def ensure_admin(self):
         User = get_user_model()

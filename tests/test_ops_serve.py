@@ -1,0 +1,161 @@
+"""`manage.py serve` as an operator runs it: real processes, a real embedded Redis, real sockets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmgateway.redis import EMBEDDED_REDIS_FILE, embedded_redis_url, record_embedded_redis
+
+from .conftest import BASE_DIR, free_port
+
+APP_KEY = "sk-gw-ops-test-key-0123456789abcdefghijklmnop"
+
+
+def project_env(data_dir: Path, **extra) -> dict:
+    """The environment of a command typed in a fresh terminal in the project folder:
+    no REDIS_URL, no DATABASE_URL (SQLite in DATA_DIR)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    return {**env, "DATA_DIR": str(data_dir), "ADMIN_PASSWORD": "not-shown-in-tests", **extra}
+
+
+def manage(data_dir: Path, *args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=project_env(data_dir, **env),
+                          capture_output=True, text=True, timeout=60)
+
+
+class Serve:
+    """`manage.py serve --no-worker` in a subprocess of its own."""
+
+    def __init__(self, data_dir: Path, **env):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(self.port)],
+            cwd=BASE_DIR, env=project_env(data_dir, **env),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait_until_serving(self, timeout=60) -> "Serve":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("serve did not start")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stdout.read()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started = []
+
+    def start(**env) -> Serve:
+        process = Serve(tmp_path / "data", **env)
+        started.append(process)
+        return process.wait_until_serving()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def config_yaml(upstream_base_url: str) -> str:
+    return f"""
+providers:
+  mock:
+    base_url: {upstream_base_url}
+    keys:
+      - value: sk-upstream-ops-test
+models:
+  ops-model:
+    targets:
+      - provider: mock
+        model: gpt-4o-mini
+virtual_keys:
+  ops-app:
+    key: {APP_KEY}
+"""
+
+
+def model_status(url: str) -> int:
+    return httpx.get(f"{url}/v1/models/ops-model", headers={"Authorization": f"Bearer {APP_KEY}"}).status_code
+
+
+def test_a_config_applied_from_another_terminal_reaches_the_running_gateway_within_2_s(serve, mock_upstream, tmp_path):
+    gateway = serve(WEB_CONCURRENCY="1")
+    assert model_status(gateway.url) == 401  # the gateway has loaded its (empty) snapshot
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(mock_upstream.base_url))
+
+    applied = manage(gateway.data_dir, "gateway_config", "apply", str(config))
+    applied_at = time.monotonic()
+
+    assert applied.returncode == 0, applied.stderr
+    assert "Redis" not in applied.stderr
+    while model_status(gateway.url) != 200:
+        assert time.monotonic() - applied_at < 2.0, "the gateway did not pick the config up within 2 s"
+        time.sleep(0.05)
+
+
+def test_commands_use_the_embedded_redis_that_serve_recorded_and_forget_it_when_it_stops(serve, tmp_path):
+    gateway = serve(WEB_CONCURRENCY="1")
+    record = json.loads((gateway.data_dir / EMBEDDED_REDIS_FILE).read_text())
+
+    seen = manage(gateway.data_dir, "shell", "-c", "from django.conf import settings; print(settings.REDIS_URL)")
+
+    assert seen.stdout.strip().splitlines()[-1] == record["url"]
+    gateway.stop()
+    assert not (gateway.data_dir / EMBEDDED_REDIS_FILE).exists()
+
+
+def test_a_record_whose_redis_is_gone_is_ignored(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid no longer runs
+    record_embedded_redis(tmp_path, f"redis://127.0.0.1:{free_port()}/0", finished.pid)
+    assert embedded_redis_url(tmp_path) is None
+
+
+def test_a_record_whose_pid_was_reused_but_whose_port_is_closed_is_ignored(tmp_path):
+    record_embedded_redis(tmp_path, f"redis://127.0.0.1:{free_port()}/0", os.getpid())
+    assert embedded_redis_url(tmp_path) is None
+
+
+def test_a_record_of_a_live_redis_is_used(tmp_path, redis_url):
+    record_embedded_redis(tmp_path, redis_url, os.getpid())  # our pid: alive
+    assert embedded_redis_url(tmp_path) == redis_url
+
+
+def test_without_redis_apply_says_once_what_to_do(tmp_path, mock_upstream):
+    data_dir = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(mock_upstream.base_url))
+    assert manage(data_dir, "migrate", "-v", "0").returncode == 0
+
+    applied = manage(data_dir, "gateway_config", "apply", str(config),
+                     REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+
+    assert applied.returncode == 0
+    redis_lines = [line for line in applied.stderr.splitlines() if "Redis" in line]
+    assert len(redis_lines) == 1, applied.stderr
+    assert "check that REDIS_URL points to a running Redis" in redis_lines[0]
+    assert "hunter2-secret" not in applied.stderr
