@@ -163,6 +163,11 @@ GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
 
+# `manage.py serve`: web server processes on one port (default: one per core), and how
+# long a stopping process lets requests in flight finish before cancelling them.
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=0) or os.cpu_count() or 1
+GATEWAY_STOP_GRACE_S = env.float("GATEWAY_STOP_GRACE_S", default=20.0)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

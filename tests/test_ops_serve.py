@@ -2,12 +2,15 @@
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from llmgateway.redis import EMBEDDED_REDIS_FILE, embedded_redis_url, record_embedded_redis
@@ -53,6 +56,23 @@ class Serve:
                 pass
             time.sleep(0.1)
         raise AssertionError("serve did not start")
+
+    def web_pids(self) -> set[int]:
+        """The web server processes, from the process table (nothing on the request path)."""
+        return {child.pid for child in psutil.Process(self.proc.pid).children()
+                if "llmgateway.webworker" in " ".join(child.cmdline())}
+
+    def pid_serving_a_new_connection(self) -> int | None:
+        """Which web process accepted a fresh connection: the one holding its other end."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+            client_port = conn.getsockname()[1]
+            for pid in self.web_pids():
+                for c in psutil.Process(pid).net_connections(kind="tcp"):
+                    if c.raddr and c.raddr.port == client_port and c.laddr.port == self.port:
+                        return pid
+        return None
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -159,3 +179,65 @@ def test_without_redis_apply_says_once_what_to_do(tmp_path, mock_upstream):
     assert len(redis_lines) == 1, applied.stderr
     assert "check that REDIS_URL points to a running Redis" in redis_lines[0]
     assert "hunter2-secret" not in applied.stderr
+
+
+def pids_serving(gateway: Serve, expected: set[int], attempts=200) -> set[int]:
+    seen = set()
+    for _ in range(attempts):
+        seen.add(gateway.pid_serving_a_new_connection())
+        if expected <= seen:
+            break
+    return seen
+
+
+def test_two_web_processes_behind_one_port_both_serve(serve):
+    gateway = serve(WEB_CONCURRENCY="2")
+    web = gateway.web_pids()
+
+    assert len(web) == 2
+    assert pids_serving(gateway, web) == web
+
+
+def test_a_killed_web_process_is_started_again_and_serves(serve):
+    gateway = serve(WEB_CONCURRENCY="2")
+    killed, survivor = sorted(gateway.web_pids())
+
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while len(gateway.web_pids() - {killed}) < 2:
+        assert time.monotonic() < deadline, "the killed web process was not replaced"
+        time.sleep(0.1)
+    replacement = (gateway.web_pids() - {killed, survivor}).pop()
+
+    deadline = time.monotonic() + 20
+    while replacement not in pids_serving(gateway, {replacement}, attempts=20):
+        assert time.monotonic() < deadline, "the replacement never accepted a connection"
+    assert gateway.proc.poll() is None
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_stops_everything(serve, mock_upstream, tmp_path):
+    gateway = serve(WEB_CONCURRENCY="2")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(mock_upstream.base_url))
+    assert manage(gateway.data_dir, "gateway_config", "apply", str(config)).returncode == 0
+    while model_status(gateway.url) != 200:
+        time.sleep(0.05)
+    children = psutil.Process(gateway.proc.pid).children()
+    answer = {}
+
+    def slow_request():
+        answer["response"] = httpx.post(
+            f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=30,
+            json={"model": "ops-model", "messages": [{"role": "user", "content": "hi"}], "mock": {"delay": 2}})
+
+    client = threading.Thread(target=slow_request)
+    client.start()
+    time.sleep(0.7)  # the request is in flight at the upstream
+    gateway.proc.send_signal(signal.SIGTERM)
+    client.join(30)
+    gateway.proc.wait(30)
+
+    assert answer["response"].status_code == 200
+    assert answer["response"].json()["choices"][0]["message"]["content"]
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert not (gateway.data_dir / EMBEDDED_REDIS_FILE).exists()
