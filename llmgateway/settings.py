@@ -165,7 +165,7 @@ GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_38
 
 # `manage.py serve`: web server processes on one port (default: one per core), and how
 # long a stopping process lets requests in flight finish before cancelling them.
-WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=0) or os.cpu_count() or 1
+WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
 GATEWAY_STOP_GRACE_S = env.float("GATEWAY_STOP_GRACE_S", default=20.0)
 
 CELERY_BROKER_URL = REDIS_URL
