@@ -155,6 +155,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 # Hot path knobs.
 GATEWAY_EXPOSE_ROUTING_HEADERS = env.bool("GATEWAY_EXPOSE_ROUTING_HEADERS", default=False)
 GATEWAY_UPSTREAM_TRANSPORT = env("GATEWAY_UPSTREAM_TRANSPORT", default="aiohttp")
+# Upstreams on loopback or private addresses (a local Ollama or vLLM, an internal proxy).
+# On by default: a self-hosted gateway often fronts local models. Link-local and cloud
+# metadata addresses are refused either way (providers/urlsafety.py).
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_STREAM_IDLE_TIMEOUT_S = env.float("GATEWAY_STREAM_IDLE_TIMEOUT_S", default=120.0)
 GATEWAY_TOTAL_TIMEOUT_S = env.float("GATEWAY_TOTAL_TIMEOUT_S", default=900.0)

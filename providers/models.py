@@ -1,4 +1,5 @@
 """Upstream providers, their API keys (encrypted at rest) and the model catalog."""
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -31,6 +32,19 @@ class Provider(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        # Here rather than as a field validator: the setting can change without a migration.
+        from django.conf import settings
+
+        from .urlsafety import UnsafeUpstream, check_base_url
+
+        super().clean()
+        if self.base_url:
+            try:
+                check_base_url(self.base_url, settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
+            except UnsafeUpstream as exc:
+                raise ValidationError({"base_url": str(exc)}) from None
 
 
 class ProviderKey(models.Model):

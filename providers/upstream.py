@@ -6,6 +6,8 @@ import logging
 import aiohttp
 import httpx
 
+from .urlsafety import guarded_socket_factory
+
 log = logging.getLogger(__name__)
 
 _clients: dict[int, httpx.AsyncClient] = {}
@@ -16,13 +18,26 @@ LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepa
 
 
 def make_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:
-    """An AsyncClient on the chosen transport: "aiohttp" (httpx-aiohttp) or "httpx" (httpcore)."""
+    """An AsyncClient on the chosen transport: "aiohttp" (httpx-aiohttp) or "httpx" (httpcore).
+
+    Neither follows redirects (httpx's default; httpx-aiohttp passes allow_redirects=False):
+    a redirect would reach an address nobody checked. With "aiohttp" every address dialled
+    passes urlsafety's check (after DNS); with "httpx" the caller checks with
+    urlsafety.check_destination before sending."""
     timeout = httpx.Timeout(connect=connect_timeout, read=60.0, write=60.0, pool=connect_timeout)
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS), timeout=timeout, trust_env=False)
-    return httpx.AsyncClient(limits=LIMITS, timeout=timeout, trust_env=False)
+        def guarded_session() -> aiohttp.ClientSession:
+            # Called by the transport on first use, inside the running event loop.
+            connector = aiohttp.TCPConnector(limit=LIMITS.max_connections, keepalive_timeout=LIMITS.keepalive_expiry,
+                                             ssl=httpx.create_ssl_context(),
+                                             socket_factory=guarded_socket_factory)
+            return aiohttp.ClientSession(connector=connector)
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS, client=guarded_session),
+                                 timeout=timeout, trust_env=False, follow_redirects=False)
+    return httpx.AsyncClient(limits=LIMITS, timeout=timeout, trust_env=False, follow_redirects=False)
 
 
 def shared_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:

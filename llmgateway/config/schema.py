@@ -7,12 +7,14 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_slug
 
 from healthcheck.models import HealthTarget, MonitoringSettings
 from keys.models import VirtualKey
 from providers.models import CatalogEntry, Provider, ProviderKey
+from providers.urlsafety import UnsafeUpstream, check_base_url
 from routing.models import PromptRule, Route, RouteTarget
 
 VERSION = 1
@@ -156,6 +158,10 @@ def url(value, path, errors):
         URLValidator()(value)
     except ValidationError:
         return _fail(errors, path, "not a valid http(s) URL")
+    try:
+        check_base_url(value, settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
+    except UnsafeUpstream as exc:
+        return _fail(errors, path, str(exc))
     return value
 
 
