@@ -135,7 +135,7 @@ def build_snapshot(version: str = "") -> Snapshot:
                 log.error("provider key %s of %s cannot be decrypted; skipped", k.pk, p.name)
         providers[p.pk] = ProviderEntry(
             id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
-            weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in (p.extra_headers or {}).items()),
+            weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in p.header_values().items()),
             keys=tuple(keys),
         )
     prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}

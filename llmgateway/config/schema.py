@@ -308,6 +308,8 @@ PROVIDER = record({
     "weight": Field(integer(0), _default(Provider, "weight")),
     "timeout_s": Field(number(minimum=0.1), _default(Provider, "timeout_s")),
     "extra_headers": Field(string_mapping, {}),
+    # Names of extra headers kept encrypted besides the credential headers (providers.models).
+    "secret_headers": Field(list_of(text(200, 1), unique=True), []),
     "keys": Field(list_of(PROVIDER_KEY), []),
     "catalog": Field(named(CATALOG_ENTRY, text(200, 1)), {}),
 })
