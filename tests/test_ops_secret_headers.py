@@ -173,3 +173,26 @@ def test_the_upstream_receives_the_decrypted_secret_header(live, mock_upstream, 
     finally:
         route.delete()
         provider.delete()
+
+
+@pytest.mark.django_db
+def test_secret_headers_rotate_with_the_provider_keys(settings):
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    from providers import crypto
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    try:
+        settings.ENCRYPTION_KEYS = [old]
+        crypto._fernet.cache_clear()
+        make_provider(extra_headers={"x-api-key": "key-to-rotate-1234"})
+        settings.ENCRYPTION_KEYS = [new, old]
+        crypto._fernet.cache_clear()
+        call_command("rotate_provider_keys", stdout=open("/dev/null", "w"))
+        settings.ENCRYPTION_KEYS = [new]  # the old key retired
+        crypto._fernet.cache_clear()
+
+        assert Provider.objects.get().header_values() == {"x-api-key": "key-to-rotate-1234"}
+    finally:
+        crypto._fernet.cache_clear()
