@@ -247,3 +247,18 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops_everything(serve, 
     assert answer["response"].json()["choices"][0]["message"]["content"]
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
     assert not (gateway.data_dir / EMBEDDED_REDIS_FILE).exists()
+
+
+def test_a_second_serve_on_the_same_port_refuses_to_start(serve, tmp_path):
+    first = serve(WEB_CONCURRENCY="1")
+
+    second = subprocess.run([sys.executable, "manage.py", "serve", "--no-worker", "--port", str(first.port)],
+                            cwd=BASE_DIR, env=project_env(tmp_path / "other", REDIS_URL=first_redis_url(first)),
+                            capture_output=True, text=True, timeout=60)
+
+    assert second.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{first.port}" in second.stderr
+
+
+def first_redis_url(gateway: Serve) -> str:
+    return json.loads((gateway.data_dir / EMBEDDED_REDIS_FILE).read_text())["url"]

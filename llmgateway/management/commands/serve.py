@@ -125,6 +125,11 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
                                                           flags=socket.AI_PASSIVE)[0]
     sockets = []
     try:
+        # SO_REUSEPORT would let a second `serve` of the same user share the port silently:
+        # a plain bind first fails if anything at all listens there already.
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
         for _ in range(count):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
