@@ -16,7 +16,7 @@ class VirtualKeyAdmin(admin.ModelAdmin):
     readonly_fields = ["prefix_display", "created_at"]
     fieldsets = [
         (None, {"fields": ["name", "prefix_display", "enabled", "expires_at", "notes"]}),
-        ("Access", {"fields": ["allowed_routes"]}),
+        ("Access", {"fields": ["all_models", "allowed_routes"]}),
         ("Limits", {"fields": ["rpm", "tpm", "budget_usd", "budget_period"]}),
         ("Logging", {"fields": ["log_bodies"]}),
     ]
@@ -27,13 +27,16 @@ class VirtualKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="models")
     def model_list(self, obj):
-        names = [r.name for r in obj.allowed_routes.all()]
-        return ", ".join(names) if names else "all"
+        if obj.all_models:
+            return "all"
+        return ", ".join(r.name for r in obj.allowed_routes.all()) or "none"
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("allowed_routes")
 
     def save_model(self, request, obj, form, change):
+        if form.cleaned_data.get("allowed_routes"):
+            obj.all_models = False  # choosing models restricts the key to them
         if not change:
             # The plaintext lives only in this request, to be shown once below.
             request.new_virtual_key = obj.set_key()

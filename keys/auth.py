@@ -43,7 +43,7 @@ def key_entry(vk, allowed_route_ids) -> KeyEntry:
         key_hash=vk.key_hash,
         enabled=vk.enabled,
         expires_at=vk.expires_at.timestamp() if vk.expires_at else None,
-        allowed_route_ids=frozenset(allowed_route_ids) if allowed_route_ids else None,
+        allowed_route_ids=None if vk.all_models else frozenset(allowed_route_ids),
         rpm=vk.rpm,
         tpm=vk.tpm,
         budget_usd=vk.budget_usd,

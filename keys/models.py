@@ -16,8 +16,13 @@ class VirtualKey(models.Model):
     prefix = models.CharField(max_length=20, editable=False, help_text="The visible start of the key.")
     enabled = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    all_models = models.BooleanField(
+        "every model", default=True,
+        help_text="Off: only the models chosen below, and none at all when none is chosen "
+                  "(deleting a model never widens a restricted key).",
+    )
     allowed_routes = models.ManyToManyField(
-        "routing.Route", blank=True, related_name="+", help_text="Leave empty to allow every model."
+        "routing.Route", blank=True, related_name="+", help_text="Used when 'every model' is off."
     )
     rpm = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm = models.PositiveIntegerField("tokens per minute", null=True, blank=True)

@@ -161,16 +161,21 @@ GATEWAY_UPSTREAM_TRANSPORT = env("GATEWAY_UPSTREAM_TRANSPORT", default="aiohttp"
 GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_STREAM_IDLE_TIMEOUT_S = env.float("GATEWAY_STREAM_IDLE_TIMEOUT_S", default=120.0)
+# The whole request, every attempt and the whole stream included. (A provider's own
+# timeout_s bounds the wait for the first byte of each attempt.)
 GATEWAY_TOTAL_TIMEOUT_S = env.float("GATEWAY_TOTAL_TIMEOUT_S", default=900.0)
+# On SIGTERM: how long requests in flight may take to finish before streams are ended
+# with an error event.
+GATEWAY_STOP_GRACE_S = env.float("GATEWAY_STOP_GRACE_S", default=20.0)
+# A client that reads nothing of its stream for this long is disconnected.
+GATEWAY_SLOW_CLIENT_TIMEOUT_S = env.float("GATEWAY_SLOW_CLIENT_TIMEOUT_S", default=60.0)
 GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
 
-# `manage.py serve`: web server processes on one port (default: one per core), and how
-# long a stopping process lets requests in flight finish before cancelling them.
+# `manage.py serve`: web server processes on one port (default: one per core).
 WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
-GATEWAY_STOP_GRACE_S = env.float("GATEWAY_STOP_GRACE_S", default=20.0)
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None

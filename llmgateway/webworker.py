@@ -2,55 +2,39 @@
 
     python -m llmgateway.webworker --fd N      (started by `manage.py serve`, one per core)
 
-`serve` binds one socket per web process to the same port (SO_REUSEPORT), and the
-kernel spreads connections over them. On SIGTERM or SIGINT a process stops accepting, lets
-the requests in flight finish for up to GATEWAY_STOP_GRACE_S seconds, cancels what is
-left, and exits; at exit the request log hands its queued rows to the writer.
-Plain Daphne instead cancels every request at once on a signal.
+`serve` binds one socket per web process to the same port (SO_REUSEPORT) and the kernel
+spreads connections over them. On SIGTERM or SIGINT the process first stops accepting
+connections, then stops Daphne; the requests in flight get GATEWAY_STOP_GRACE_S to
+finish (llmgateway.apihandler), and at exit the request log hands its queued rows to the
+writer.
 """
 import argparse
 import os
 import signal
 import socket
-import time
 
-import daphne.server  # noqa: F401  first: it installs Twisted's asyncio reactor
+import daphne.server  # first: it installs Twisted's asyncio reactor
 
 
-class DrainingServer(daphne.server.Server):
-    """Daphne, plus a graceful stop: close the listener, wait for in-flight requests."""
+class GatewayServer(daphne.server.Server):
+    """Daphne that, asked to stop, closes its listening socket before anything else."""
 
-    def __init__(self, *args, grace_s: float, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.grace_s = grace_s
         self.ports = []
-        self.drain_deadline = None
+        self.stopping = False
 
     def listen_success(self, port):
         self.ports.append(port)
         return super().listen_success(port)
 
-    def begin_drain(self):
-        from twisted.internet import reactor
-
-        if self.drain_deadline is not None:  # Ctrl-C reaches us, and serve forwards SIGTERM too
+    def begin_stop(self):
+        if self.stopping:  # Ctrl-C reaches us, and serve forwards SIGTERM too
             return
-        self.drain_deadline = time.monotonic() + self.grace_s
+        self.stopping = True
         for port in self.ports:
             port.stopListening()
-        reactor.callLater(0, self._stop_when_idle)
-
-    def requests_in_flight(self) -> int:
-        return sum(1 for details in list(self.connections.values())
-                   if (instance := details.get("application_instance")) is not None and not instance.done())
-
-    def _stop_when_idle(self):
-        from twisted.internet import reactor
-
-        if self.requests_in_flight() == 0 or time.monotonic() >= self.drain_deadline:
-            self.stop()  # cancels whatever is still running (Daphne's shutdown trigger)
-        else:
-            reactor.callLater(0.1, self._stop_when_idle)
+        self.stop()
 
 
 def main(argv=None) -> int:
@@ -59,7 +43,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
 
-    from django.conf import settings
     from twisted.internet import reactor
 
     from llmgateway.asgi import application
@@ -74,13 +57,11 @@ def main(argv=None) -> int:
 
         daphne.server.serverFromString = lambda reactor, description: AdoptedStreamServerEndpoint(
             reactor, args.fd, socket.AF_INET6)
-    server = DrainingServer(
-        application=application, endpoints=[f"fd:fileno={args.fd}"], signal_handlers=False,
-        verbosity=0, grace_s=settings.GATEWAY_STOP_GRACE_S,
-    )
+    server = GatewayServer(application=application, endpoints=[f"fd:fileno={args.fd}"],
+                           signal_handlers=False, verbosity=0)
 
     def on_signal(signum, frame):
-        reactor.callFromThread(server.begin_drain)
+        reactor.callFromThread(server.begin_stop)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

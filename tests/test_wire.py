@@ -219,8 +219,8 @@ def test_provider_keys_are_taken_in_turn_skipping_disabled_ones(live, mock_upstr
 
 def test_the_provider_key_never_reaches_the_client(live, mock_upstream):
     response = post(live, {**CHAT, "model": "no-retry", "mock": {
-        "status": 401, "message": f"Incorrect API key provided: {PROVIDER_SECRET}"}})
-    assert response.status_code == 401
+        "status": 400, "message": f"Bad request for key {PROVIDER_SECRET}"}})
+    assert response.status_code == 400
     assert PROVIDER_SECRET not in response.text
     assert mock_upstream.requests[-1]["api_key"] == PROVIDER_SECRET
 
