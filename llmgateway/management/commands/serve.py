@@ -7,9 +7,9 @@ machine and every other command run from the project folder finds that Redis.
 
 The web server is WEB_CONCURRENCY processes (default: one per core) on one port: this
 command opens a listening socket per process (SO_REUSEPORT) and hands each down
-(llmgateway.webworker). A
-process that dies is started again. Ctrl-C or SIGTERM stops all children gracefully:
-web processes finish the requests in flight first.
+(llmgateway.webworker). A process that dies is started again. Ctrl-C or SIGTERM stops
+all children gracefully: web processes stop accepting and let the requests in flight
+finish first.
 """
 import logging
 import os
@@ -85,8 +85,9 @@ class Command(BaseCommand):
                 supervisor.start("celery beat", [python, "-m", "celery", "-A", "llmgateway", "beat",
                                                  "--loglevel", "WARNING", "--schedule",
                                                  str(Path(settings.DATA_DIR) / "celerybeat-schedule")], env=env)
+            shown_host = f"[{host}]" if ":" in host else host
             self.stdout.write(self.style.SUCCESS(
-                f"LLM Gateway on http://{host}:{port} ({workers} web process{'es' if workers > 1 else ''};"
+                f"LLM Gateway on http://{shown_host}:{port} ({workers} web process{'es' if workers > 1 else ''};"
                 f" admin: /admin, API: /v1)  Ctrl-C stops it."))
             self.stdout.flush()
             supervisor.run_until_signal()
