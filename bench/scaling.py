@@ -2,6 +2,7 @@
 processes on one port, non-stream and stream, at one concurrency.
 
     /work/venv/bin/python bench/scaling.py                   # 10 s per cell, c=32
+    /work/venv/bin/python bench/scaling.py --repeat 3          # alternating rounds, medians
     /work/venv/bin/python bench/scaling.py --workers 1,2,4 --duration 20 --json
 
 It reuses bench/run.py's setup (an embedded Redis, the mock upstream in its own process,
@@ -85,9 +86,14 @@ def measure(procs: Processes, stack: Stack, workers: int, args) -> list[dict]:
     return cells
 
 
+def median_cell(cells: list[dict]) -> dict:
+    """The cell with the median req/s (its other numbers come with it)."""
+    return sorted(cells, key=lambda c: c["rps"])[len(cells) // 2]
+
+
 def print_report(report: dict) -> None:
     print(f"{report['machine']}  revision {report['revision']}  c={report['args']['concurrency']}, "
-          f"{report['args']['duration']:.0f} s per cell")
+          f"{report['args']['duration']:.0f} s per cell, median of {report['args']['repeat']}")
     print(f"{'processes':>9} {'mode':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
           f"cpu ms/req  cpu% gateway / mock / loadgen")
     for c in report["cells"]:
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per streamed answer")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the process counts; medians reported")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -123,9 +130,14 @@ def main(argv=None) -> int:
                       [PYTHON, "manage.py", "shell", "-c", SETUP.format(
                           base_url=f"http://{HOST}:{stack.mock_port}/v1", model=MODEL, key=VIRTUAL_KEY)]):
             subprocess.run(argv_, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-        for workers in args.workers:
-            print(f"{workers} web process(es)", file=sys.stderr, flush=True)
-            report["cells"] += measure(procs, stack, workers, args)
+        samples = []
+        for rep in range(args.repeat):  # alternate the process counts: noise hits them alike
+            for workers in args.workers:
+                print(f"round {rep + 1}/{args.repeat}: {workers} web process(es)", file=sys.stderr, flush=True)
+                samples += measure(procs, stack, workers, args)
+        report["samples"] = samples
+        report["cells"] = [median_cell([c for c in samples if (c["workers"], c["mode"]) == key])
+                           for key in dict.fromkeys((c["workers"], c["mode"]) for c in samples)]
         base = {c["mode"]: c["rps"] for c in report["cells"] if c["workers"] == args.workers[0]}
         top = {c["mode"]: c["rps"] for c in report["cells"] if c["workers"] == args.workers[-1]}
         report["ratios"] = {mode: {"workers": args.workers[-1], "ratio": round(top[mode] / base[mode], 2)}
