@@ -4,14 +4,17 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS is on.
 
 Checked twice: when a base URL is saved (`check_base_url`: the admin form, the config
 file), and when a connection is made, on the address actually dialled
-(`guarded_socket_factory` for the aiohttp transport, which sees every address, whether
-the URL held a literal or a name that DNS resolved; `check_destination` for callers of
-the plain httpx transport). A name that resolves to a refused address is never contacted.
+(`guarded_socket_factory` for the aiohttp transport, `GuardedNetworkBackend` for the
+plain httpx one: both see every address, whether the URL held a literal or a name that
+DNS resolved). A name that resolves to a refused address is never contacted.
+`check_destination` checks a URL ahead of time, resolving it.
 """
 import asyncio
 import ipaddress
 import socket
 from urllib.parse import urlsplit
+
+import httpcore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -181,12 +184,48 @@ def guarded_socket_factory(addr_info) -> socket.socket:
     return socket.socket(family=family, type=type_, proto=proto)
 
 
-async def check_destination(url: str) -> None:
-    """Raise UnsafeUpstream unless every address url's host resolves to may be contacted.
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend for the plain httpx transport: resolves the host itself,
+    skips refused addresses, and connects to a checked one (TLS still verifies the host
+    name: httpcore passes it to start_tls separately)."""
 
-    For the plain httpx transport, before sending: it resolves the name again when it
-    connects, so this narrows, but does not close, the window for a DNS answer that
-    changes in between (the aiohttp transport checks the dialled address itself)."""
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None):
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"{host} does not resolve: {exc.strerror}") from exc
+        allow_private = _allow_private()
+        refused, last_error = [], None
+        for ip in dict.fromkeys(ipaddress.ip_address(address[0]) for *_, address in infos):
+            reason = refusal(ip, allow_private)
+            if reason:
+                refused.append(f"refused to connect to {ip}: {reason}")
+                continue
+            try:
+                return await self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                last_error = exc
+        if last_error is not None:
+            raise last_error
+        raise httpcore.ConnectError("; ".join(refused))
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+async def check_destination(url: str) -> None:
+    """Raise UnsafeUpstream unless every address url's host resolves to may be contacted
+    (a check ahead of time, e.g. for a "test connection" button: the transports check
+    the addresses they actually dial anyway)."""
     allow_private = _allow_private()
     check_base_url(url, allow_private)
     parts = urlsplit(url)

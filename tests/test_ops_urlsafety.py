@@ -146,24 +146,28 @@ def fetch(url: str, transport: str) -> httpx.Response:
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-def test_the_aiohttp_transport_never_dials_a_refused_address_by_name_or_literal(host, mock_upstream, settings):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", socket.gethostname()])
+def test_neither_transport_dials_a_refused_address_by_name_or_literal(host, transport, mock_upstream, settings):
+    if ipaddress.ip_address(socket.gethostbyname(host)).is_global:
+        pytest.skip(f"{host} resolves to a public address on this machine")
     settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = False
     port = mock_upstream.base_url.split(":")[2].split("/")[0]
     mock_upstream.clear()
 
     with pytest.raises(httpx.TransportError) as refused:
-        fetch(f"http://{host}:{port}/v1/models", "aiohttp")
+        fetch(f"http://{host}:{port}/v1/models", transport)
 
     assert "refused to connect to 127.0.0.1" in " ".join(str(e) for e in causes(refused.value))
     assert mock_upstream.requests == []
 
 
-def test_the_aiohttp_transport_dials_a_private_upstream_when_allowed(mock_upstream, settings):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_both_transports_dial_a_private_upstream_when_allowed(transport, mock_upstream, settings):
     settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = True
     port = mock_upstream.base_url.split(":")[2].split("/")[0]
 
-    assert fetch(f"http://localhost:{port}/v1/models", "aiohttp").status_code in (200, 401)
+    assert fetch(f"http://localhost:{port}/v1/models", transport).status_code in (200, 401)
 
 
 def test_check_destination_refuses_a_name_that_resolves_to_a_refused_address(settings):
@@ -212,3 +216,21 @@ def test_redirects_are_never_followed(transport):
 
     assert response.status_code == 302
     assert Redirecting.target_hits == []
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_the_gateway_on_either_guarded_transport_still_serves_and_streams(transport, live, gateway_factory):
+    from .conftest import FULL_KEY, wait_for_model
+
+    gateway = gateway_factory(GATEWAY_UPSTREAM_TRANSPORT=transport)
+    wait_for_model(gateway, "gpt-4o-mini")
+    headers = {"Authorization": f"Bearer {FULL_KEY}"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+    answer = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, json=body, timeout=10)
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", headers=headers, timeout=10,
+                      json={**body, "stream": True}) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+    assert streamed.status_code == 200 and events[-1] == "data: [DONE]" and len(events) > 2
