@@ -29,6 +29,7 @@ class KeyEntry:
     budget_usd: Decimal | None
     budget_period: str
     log_bodies: bool
+    unpriced_policy: str = "refuse"  # refuse | admit_and_flag: a budgeted key meeting a model with no price
 
     def may_use(self, route_id: int) -> bool:
         return self.allowed_route_ids is None or route_id in self.allowed_route_ids
@@ -49,6 +50,7 @@ def key_entry(vk, allowed_route_ids) -> KeyEntry:
         budget_usd=vk.budget_usd,
         budget_period=vk.budget_period,
         log_bodies=vk.log_bodies,
+        unpriced_policy=vk.unpriced_policy,
     )
 
 

@@ -110,8 +110,8 @@ class ApiHandler(ASGIHandler):
                 pass  # the client left while the response was being sent
             return response
 
-        flow = ClientFlow.attach(send)
-        paced_send = flow.send if flow is not None else send
+        flow = ClientFlow(send)
+        paced_send = flow.send
         # As in Django: a client disconnect cancels the view (and so the upstream call).
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         processor = asyncio.create_task(process_request())
@@ -143,8 +143,7 @@ class ApiHandler(ASGIHandler):
             record = getattr(request, "gateway_record", None)
             if record is not None:  # the record's owner: ends it if nothing else did
                 await record.abandon()
-            if flow is not None:
-                flow.detach()
+            flow.detach()
 
     def _declared_excess(self, scope) -> int:
         """Past the limit already if Content-Length says so (or is not a number)."""
@@ -157,37 +156,35 @@ class ApiHandler(ASGIHandler):
 
 @implementer(IPushProducer)
 class ClientFlow:
-    """Paces a response to the client's reading speed (Daphne only).
+    """Paces a streamed response to the client's reading speed (Daphne only).
 
     Daphne hands every body chunk to Twisted's write buffer at once, so a slow reader made
     the gateway buffer a whole stream while reading the upstream at full speed. Registered
-    as the request's streaming producer, this learns when Twisted's buffer is full
-    (pauseProducing) and holds the next send until it drains: the relay stops reading the
-    upstream, and TCP slows the upstream down in turn. A client that reads nothing for
-    GATEWAY_SLOW_CLIENT_TIMEOUT_S is disconnected (which cancels its upstream request).
+    as the request's streaming producer while a response streams, this learns when
+    Twisted's buffer is full (pauseProducing) and holds the next send until it drains: the
+    relay stops reading the upstream, and TCP slows the upstream down in turn. A client
+    that reads nothing for GATEWAY_SLOW_CLIENT_TIMEOUT_S is disconnected (which cancels its
+    upstream request). Answers sent in one piece never register (nothing to pace), and the
+    producer is unregistered before the last piece (Twisted complains, expensively, about
+    a producer left registered when a response finishes).
     """
 
-    def __init__(self, protocol, send):
-        self.protocol = protocol
+    def __init__(self, send):
         self._send = send
+        protocol = getattr(send, "args", (None,))[0]  # Daphne's send: partial(handle_reply, protocol)
+        self.protocol = protocol if hasattr(protocol, "registerProducer") else None
+        self.attached = False
         self.writable = asyncio.Event()
         self.writable.set()
 
-    @classmethod
-    def attach(cls, send) -> "ClientFlow | None":
-        protocol = getattr(send, "args", (None,))[0]  # Daphne's send: partial(handle_reply, protocol)
-        if protocol is None or not hasattr(protocol, "registerProducer") or protocol.producer is not None:
-            return None
-        flow = cls(protocol, send)
-        protocol.registerProducer(flow, True)
-        return flow
-
-    def detach(self) -> None:
-        # After a lost connection Twisted has already let go of the request's channel.
-        if self.protocol.producer is self and self.protocol.channel is not None:
-            self.protocol.unregisterProducer()
-
     async def send(self, message) -> None:
+        if message["type"] != "http.response.body" or self.protocol is None:
+            return await self._send(message)
+        if not message.get("more_body", False):
+            self.detach()
+            return await self._send(message)
+        if not self.attached:
+            self.attach()
         await self._send(message)
         if not self.writable.is_set():
             try:
@@ -199,6 +196,17 @@ class ClientFlow:
                 if transport is not None:
                     transport.abortConnection()
                 raise RequestAborted() from None
+
+    def attach(self) -> None:
+        if self.protocol.producer is None and self.protocol.channel is not None:
+            self.protocol.registerProducer(self, True)
+            self.attached = True
+
+    def detach(self) -> None:
+        # After a lost connection Twisted has already let go of the request's channel.
+        if self.attached and self.protocol.producer is self and self.protocol.channel is not None:
+            self.protocol.unregisterProducer()
+        self.attached = False
 
     # IPushProducer, called by Twisted on the event loop's thread
     def pauseProducing(self):

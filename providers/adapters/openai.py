@@ -17,14 +17,17 @@ class OpenAIAdapter:
     # Streams carry usage only when asked; the gateway always asks, for honest accounting.
     accepts_stream_options = True
 
-    def url(self, base_url: str, operation: str) -> str:
+    forwards_headers = ()  # headers of the client's request passed on to this provider type
+
+    def url(self, base_url: str, operation: str, model: str = "", stream: bool = False) -> str:
         return base_url + PATHS[operation]
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     def build_request(self, operation: str, body: dict, *, upstream_model: str, base_url: str,
-                      api_key: str | None, extra_headers=()) -> UpstreamRequest:
+                      api_key: str | None, extra_headers=(), client_headers=None, stream: bool = False
+                      ) -> UpstreamRequest:
         body = {**body, "model": upstream_model}
         if self.accepts_stream_options and body.get("stream") is True and operation in ("chat", "completions"):
             options = body.get("stream_options")
@@ -33,5 +36,5 @@ class OpenAIAdapter:
         headers = {"content-type": "application/json", "accept": "application/json", "accept-encoding": "identity"}
         headers.update(extra_headers)
         headers.update(self.auth_headers(api_key))
-        return UpstreamRequest("POST", self.url(base_url, operation), headers,
+        return UpstreamRequest("POST", self.url(base_url, operation, upstream_model, stream), headers,
                                json.dumps(body).encode())

@@ -180,7 +180,8 @@ class StreamRelay:
         if self._secret is not None and self._secret in block:
             block = block.replace(self._secret, self._mask)
         if not self.started:
-            block = self._drop_leading_comments(block)
+            if block[:1] == b":":  # rare: only then look at the events one by one
+                block = self._drop_leading_comments(block)
             if not block:
                 return b""
             self.started = True

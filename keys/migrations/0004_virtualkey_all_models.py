@@ -12,7 +12,7 @@ def restrict_keys_with_models(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('keys', '0002_initial'),
+        ('keys', '0003_budget_policy_and_spend'),
         ('routing', '0002_requestlog_fewer_indexes'),
     ]
 
