@@ -262,3 +262,19 @@ def test_a_second_serve_on_the_same_port_refuses_to_start(serve, tmp_path):
 
 def first_redis_url(gateway: Serve) -> str:
     return json.loads((gateway.data_dir / EMBEDDED_REDIS_FILE).read_text())["url"]
+
+
+def test_a_killed_serve_takes_its_children_along_and_its_redis_record_goes_stale(serve):
+    gateway = serve(WEB_CONCURRENCY="2")
+    children = psutil.Process(gateway.proc.pid).children()
+    assert embedded_redis_url(gateway.data_dir) is not None
+
+    gateway.proc.kill()  # no clean-up at all: the record stays behind
+    gateway.proc.wait()
+    psutil.wait_procs(children, timeout=30)
+
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert (gateway.data_dir / EMBEDDED_REDIS_FILE).exists()
+    assert embedded_redis_url(gateway.data_dir) is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(gateway.url + "/healthz", timeout=2)

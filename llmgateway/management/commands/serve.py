@@ -11,6 +11,7 @@ command opens a listening socket per process (SO_REUSEPORT) and hands each down
 all children gracefully: web processes stop accepting and let the requests in flight
 finish first.
 """
+import ctypes
 import logging
 import os
 import secrets
@@ -159,7 +160,7 @@ class Child:
     restartable: bool = True
 
     def spawn(self):
-        self.proc = subprocess.Popen(self.args, **self.popen_kwargs)
+        self.proc = subprocess.Popen(self.args, preexec_fn=stop_with_parent, **self.popen_kwargs)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -250,6 +251,7 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
         # and Redis must outlive the processes that use it while they stop (stop_all
         # stops it last).
         start_new_session=True,
+        preexec_fn=stop_with_parent,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -260,6 +262,19 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
             time.sleep(0.05)
     proc.kill()
     raise CommandError("the embedded Redis did not start")
+
+
+def stop_with_parent():
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so
+    a `serve` killed with SIGKILL leaves no web process serving its port and no orphaned
+    Redis behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
