@@ -9,7 +9,7 @@ import yaml
 from .conftest import BASE_DIR
 from .test_ops_serve import project_env
 
-PRODUCTION = {"HTTPS_ONLY": "1", "BEHIND_TLS_PROXY": "1", "ALLOWED_HOSTS": "gateway.example.com",
+PRODUCTION = {"HTTPS_ONLY": "1", "BEHIND_TLS_PROXY": "1", "ALLOWED_HOSTS": "gateway.example.com,127.0.0.1",
               "CSRF_TRUSTED_ORIGINS": "https://gateway.example.com", "DEBUG": "0"}
 
 
