@@ -1,58 +1,85 @@
-"""Admin for virtual keys. A new key's secret is shown once, in the response to its creation."""
+"""Admin for virtual keys (a new key's secret is shown once, in the response to its creation),
+and the operators' own accounts."""
 from datetime import datetime
 
+from django import forms
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group, User
+from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
 from redis.exceptions import RedisError
+from unfold.admin import ModelAdmin
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
+
+from llmgateway.config import validators
 
 from .limits import KeyUsage, usage_snapshot_sync
 from .models import KeySpend, VirtualKey
 
-USAGE_UNAVAILABLE = "unavailable (Redis unreachable)"
+USAGE_UNAVAILABLE = _("unavailable (Redis unreachable)")
+
+
+class VirtualKeyForm(forms.ModelForm):
+    class Meta:
+        model = VirtualKey
+        fields = "__all__"
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in ("rpm", "tpm", "budget_usd"):
+            try:
+                validators.validate_not_negative(cleaned.get(name))
+            except ValidationError as exc:
+                self.add_error(name, exc)
+        return cleaned
 
 
 @admin.register(VirtualKey)
-class VirtualKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix_display", "enabled", "expires_at", "model_list", "rpm", "tpm", "budget_usd",
-                    "budget_period", "spend_display", "log_bodies", "created_at"]
+class VirtualKeyAdmin(ModelAdmin):
+    form = VirtualKeyForm
+    list_display = ["name", "prefix_display", "enabled", "expires_at", "model_list", "rpm", "budget_usd",
+                    "spend_display", "created_at"]
     list_filter = ["enabled", "budget_period", "log_bodies", "is_monitoring", "allowed_routes"]
     search_fields = ["name", "prefix", "notes"]
     filter_horizontal = ["allowed_routes"]
     readonly_fields = ["prefix_display", "created_at", "usage_display"]
     fieldsets = [
         (None, {"fields": ["name", "prefix_display", "enabled", "expires_at", "notes"]}),
-        ("Access", {"fields": ["all_models", "allowed_routes"]}),
-        ("Limits", {"fields": ["rpm", "tpm", "budget_usd", "budget_period", "unpriced_policy"]}),
-        ("Usage now", {"fields": ["usage_display"]}),
-        ("Logging", {"fields": ["log_bodies"]}),
+        (_("Access"), {"fields": ["all_models", "allowed_routes"]}),
+        (_("Limits"), {"fields": ["rpm", "tpm", "budget_usd", "budget_period", "unpriced_policy"]}),
+        (_("Usage now"), {"fields": ["usage_display"]}),
+        (_("Logging"), {"fields": ["log_bodies"]}),
     ]
 
-    @admin.display(description="key")
+    @admin.display(description=_("key"))
     def prefix_display(self, obj):
-        return f"{obj.prefix}…" if obj and obj.prefix else "(generated when saved)"
+        return f"{obj.prefix}…" if obj and obj.prefix else _("(generated when saved)")
 
-    @admin.display(description="models")
+    @admin.display(description=_("models"))
     def model_list(self, obj):
         if obj.all_models:
-            return "all"
-        return ", ".join(r.name for r in obj.allowed_routes.all()) or "none"
+            return _("all")
+        return ", ".join(r.name for r in obj.allowed_routes.all()) or _("none")
 
-    @admin.display(description="spend this period")
+    @admin.display(description=_("spend this period"))
     def spend_display(self, obj):
         usage = getattr(obj, "live_usage", None)
         if usage is None:
             return "–" if obj.budget_usd is None else USAGE_UNAVAILABLE
         if usage.budget_usd is None:
-            return "no budget"
-        return f"${usage.spent_usd or 0:.4f} of ${usage.budget_usd:.2f}"
+            return _("no budget")
+        return f"${usage.spent_usd or 0:.4f} / ${usage.budget_usd:.2f}"
 
-    @admin.display(description="usage")
+    @admin.display(description=_("usage"))
     def usage_display(self, obj):
         if obj is None or obj.pk is None:
-            return "(none yet)"
+            return _("(none yet)")
         try:
             usage = usage_snapshot_sync([obj])[obj.pk]
         except RedisError:
@@ -87,14 +114,14 @@ class VirtualKeyAdmin(admin.ModelAdmin):
         if secret is None:
             return super().response_add(request, obj, post_url_continue)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "original": obj,
-                   "secret": secret, "title": "Virtual key created"}
+                   "secret": secret, "title": _("Virtual key created")}
         response = TemplateResponse(request, "admin/keys/virtualkey/created.html", context)
         add_never_cache_headers(response)
         return response
 
 
 @admin.register(KeySpend)
-class KeySpendAdmin(admin.ModelAdmin):
+class KeySpendAdmin(ModelAdmin):
     """Spend per key and budget period, as last persisted from Redis: history, read-only."""
 
     list_display = ["virtual_key", "period", "spent_usd", "updated_at"]
@@ -111,18 +138,35 @@ class KeySpendAdmin(admin.ModelAdmin):
 
 def _usage_rows(obj, usage: KeyUsage) -> list[tuple[str, str]]:
     rows = [
-        ("requests in the last minute", f"{usage.rpm_used}" + (f" of {obj.rpm}" if obj.rpm else "")),
-        ("tokens in the last minute", f"{usage.tpm_used}" + (f" of {obj.tpm}" if obj.tpm else "")),
+        (_("requests in the last minute"), f"{usage.rpm_used}" + (f" of {obj.rpm}" if obj.rpm else "")),
+        (_("tokens in the last minute"), f"{usage.tpm_used}" + (f" of {obj.tpm}" if obj.tpm else "")),
     ]
     if usage.budget_usd is None:
-        rows.append(("budget", "none"))
+        rows.append((_("budget"), _("none")))
         return rows
-    resets = "never (total budget)" if usage.resets_at is None else timezone.localtime(
+    resets = _("never (total budget)") if usage.resets_at is None else timezone.localtime(
         datetime.fromtimestamp(usage.resets_at, timezone.get_current_timezone())).strftime("%Y-%m-%d %H:%M %Z")
     rows += [
         (f"spent ({usage.period})", f"${usage.spent_usd or 0:.6f}"),
-        ("held by requests in flight", f"${usage.reserved_usd:.6f}"),
-        ("remaining", f"${usage.remaining_usd:.6f} of ${usage.budget_usd:.2f}"),
-        ("resets", resets),
+        (_("held by requests in flight"), f"${usage.reserved_usd:.6f}"),
+        (_("remaining"), f"${usage.remaining_usd:.6f} of ${usage.budget_usd:.2f}"),
+        (_("resets"), resets),
     ]
     return rows
+
+
+# The operators' accounts, in the same theme as everything else.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin, ModelAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin, ModelAdmin):
+    pass

@@ -1,5 +1,4 @@
 """The /v1 NinjaAPI: virtual-key authentication, and errors rendered in the client's protocol."""
-import json
 import logging
 
 from django.http import HttpResponse
@@ -10,6 +9,7 @@ from keys.auth import authenticate
 from providers.wire import CODECS
 from routing.api import router
 from routing.endpoints import ENDPOINTS, endpoint_at
+from routing.proxy import error_json
 from routing.record import RequestRecord
 
 from . import runtime
@@ -70,7 +70,7 @@ def render_error(request, err: GatewayError) -> HttpResponse:
     record = begin_record(request)
     record.fail(err)
     codec = CODECS[request.gateway_endpoint.wire]
-    response = HttpResponse(json.dumps(codec.error_body(err)), status=err.status, content_type="application/json")
+    response = HttpResponse(error_json(codec, err), status=err.status, content_type="application/json")
     response["x-request-id"] = record.request_id
     for name, value in err.headers.items():
         response[name] = value

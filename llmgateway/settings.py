@@ -4,6 +4,9 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.templatetags.static import static
+from django.urls import reverse_lazy
+from django.utils.translation import gettext_lazy as _
 
 from llmgateway.redis import embedded_redis_url as _embedded_redis_url
 
@@ -54,6 +57,10 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
+    # Unfold (a maintained admin theme) must come before django.contrib.admin so its
+    # templates win.
+    "unfold",
+    "unfold.contrib.filters",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -72,6 +79,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions (the chosen language may live there), before common (URL handling).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -125,15 +134,20 @@ REDIS_URL = (env("REDIS_URL", default="") or _embedded_redis_url(DATA_DIR)
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# The admin is the only place people log in; unfold's login form posts without "next".
+LOGIN_REDIRECT_URL = "/admin/"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env("TIME_ZONE", default="UTC")
 USE_I18N = True
-USE_TZ = True
+USE_TZ = True  # dates and numbers are formatted for the active language (Django's locale formats)
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
@@ -155,10 +169,6 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 # Hot path knobs.
 GATEWAY_EXPOSE_ROUTING_HEADERS = env.bool("GATEWAY_EXPOSE_ROUTING_HEADERS", default=False)
 GATEWAY_UPSTREAM_TRANSPORT = env("GATEWAY_UPSTREAM_TRANSPORT", default="aiohttp")
-# Upstreams on loopback or private addresses (a local Ollama or vLLM, an internal proxy).
-# On by default: a self-hosted gateway often fronts local models. Link-local and cloud
-# metadata addresses are refused either way (providers/urlsafety.py).
-GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_STREAM_IDLE_TIMEOUT_S = env.float("GATEWAY_STREAM_IDLE_TIMEOUT_S", default=120.0)
 # The whole request, every attempt and the whole stream included. (A provider's own
@@ -173,6 +183,12 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
+# Upstreams on loopback or private addresses (self-hosted Ollama, vLLM, LM Studio, an
+# internal proxy): allowed in base URLs, dialled by the gateway and by the admin's "test
+# connection" and "fetch models" unless this is off. On by default: a self-hosted gateway
+# often fronts local models. Link-local and cloud metadata addresses are refused either
+# way (providers/urlsafety.py).
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
 
 # `manage.py serve`: web server processes on one port (default: one per core).
 WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
@@ -230,3 +246,59 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 # this gateway: the operator opts in with the two settings above, and `check --deploy`
 # does not nag about them meanwhile.
 SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+
+
+
+def _nav(title, icon, url_name):
+    return {"title": title, "icon": icon, "link": reverse_lazy(url_name)}
+
+
+# The admin's look (django-unfold: light and dark themes, narrow-screen layout) and its
+# navigation, grouped by the operator's tasks rather than by Django app.
+UNFOLD = {
+    "SITE_TITLE": _("LLM Gateway"),
+    "SITE_HEADER": _("LLM Gateway"),
+    "SITE_SUBHEADER": _("One endpoint for every model"),
+    "SITE_SYMBOL": "hub",
+    "SITE_URL": "/admin/",
+    "SHOW_LANGUAGES": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "DASHBOARD_CALLBACK": "providers.admin.overview_context",
+    "STYLES": [lambda request: static("admin/gateway.css")],
+    "SCRIPTS": [lambda request: static("htmx.min.js")],
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": False,
+        "navigation": [
+            {"title": _("Overview"), "items": [_nav(_("Overview"), "dashboard", "admin:index")]},
+            {"title": _("Providers"), "items": [
+                _nav(_("Providers"), "cloud", "admin:providers_provider_changelist"),
+                _nav(_("Provider keys"), "key", "admin:providers_providerkey_changelist"),
+            ]},
+            {"title": _("Models"), "items": [
+                _nav(_("Models (routes)"), "alt_route", "admin:routing_route_changelist"),
+                _nav(_("Route targets"), "call_split", "admin:routing_routetarget_changelist"),
+                _nav(_("Catalog"), "menu_book", "admin:providers_catalogentry_changelist"),
+                _nav(_("Model metadata"), "database", "admin:providers_model_metadata"),
+            ]},
+            {"title": _("Virtual keys"), "items": [
+                _nav(_("Virtual keys"), "vpn_key", "admin:keys_virtualkey_changelist"),
+            ]},
+            {"title": _("Prompt rules"), "items": [
+                _nav(_("Prompt rules"), "edit_note", "admin:routing_promptrule_changelist"),
+            ]},
+            {"title": _("Request logs"), "items": [
+                _nav(_("Request logs"), "receipt_long", "admin:routing_requestlog_changelist"),
+            ]},
+            {"title": _("Monitoring"), "items": [
+                _nav(_("Health targets"), "monitor_heart", "admin:healthcheck_healthtarget_changelist"),
+                _nav(_("Health runs"), "history", "admin:healthcheck_healthrun_changelist"),
+                _nav(_("Monitoring settings"), "tune", "admin:healthcheck_monitoringsettings_changelist"),
+            ]},
+            {"title": _("Settings"), "items": [
+                _nav(_("Users"), "person", "admin:auth_user_changelist"),
+                _nav(_("Groups"), "group", "admin:auth_group_changelist"),
+            ]},
+        ],
+    },
+}

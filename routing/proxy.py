@@ -27,7 +27,11 @@ from llmgateway.errors import (
 )
 from providers.adapters import ADAPTERS
 from providers.upstream import Failure, classify_exception, classify_status
-from providers.wire import CODECS, InvalidField
+from providers import hub, tokens
+from providers.adapters.base import Usage
+from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
+from providers.wire.relays import ObservingRelay, TranslatingRelay
+from providers.wire.translate import translate_request
 
 from .endpoints import Endpoint
 from .record import RequestRecord, close_quietly
@@ -91,8 +95,13 @@ async def serve(inbound: Inbound) -> Outcome:
 def error_outcome(record: RequestRecord, codec, err: GatewayError) -> Outcome:
     """The error in the client's protocol; the record ends with it."""
     record.fail(err)
-    return Outcome(err.status, {"x-request-id": record.request_id, **err.headers},
-                   json.dumps(codec.error_body(err)).encode())
+    return Outcome(err.status, {"x-request-id": record.request_id, **err.headers}, error_json(codec, err))
+
+
+def error_json(codec, err: GatewayError) -> bytes:
+    """An error body in the codec's format."""
+    return json.dumps(codec.error_body(err.status, err.type, err.message, err.code, err.param)).encode()
+
 
 
 async def _serve(inbound: Inbound, codec) -> Outcome:
@@ -107,7 +116,7 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
         raise InvalidRequest(f"Missing required parameter: '{endpoint.required}'.", param=endpoint.required,
                              code="missing_required_parameter")
     try:
-        codec.validate_request(body, endpoint.name)
+        _validate(codec, endpoint, body)
     except InvalidField as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
 
@@ -123,6 +132,17 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
                                  code="no_targets", headers={"Retry-After": "30"},
                                  log_message=f"route {route.name}: every target is disabled")
     return await _attempts(inbound, codec, body, route, targets, stream)
+
+
+def _validate(codec, endpoint: Endpoint, body: dict) -> None:
+    """The client's codec checks what the gateway reads; OpenAI's completions and
+    embeddings share chat's format but not its messages."""
+    if endpoint.required == "messages" or endpoint.wire != "openai_chat":
+        codec.validate_request(body)
+    else:
+        for name in ("max_tokens", "max_completion_tokens"):
+            require_positive_int(body, name)
+        require_bool(body, "stream")
 
 
 async def _attempts(inbound: Inbound, codec, body: dict, route: RouteEntry, targets: list[TargetEntry],
@@ -160,7 +180,7 @@ async def _attempts(inbound: Inbound, codec, body: dict, route: RouteEntry, targ
         record.log.upstream_model = target.upstream_model
         record.log.price = target.price
         try:
-            return await _attempt(inbound, codec, body, target, key, stream, min(provider.timeout_s, remaining),
+            return await _attempt(inbound, body, target, key, stream, min(provider.timeout_s, remaining),
                                   deadline, route.retry_on_status)
         except AttemptFailed as exc:
             failure = exc.failure
@@ -227,6 +247,8 @@ def _client_error(failures: list[tuple[TargetEntry, Failure]]) -> GatewayError:
         return ServiceUnavailable("No upstream of this model is usable right now (a configuration problem "
                                   "the gateway's operator must fix).", code="no_usable_upstream",
                                   log_message=log_message)
+    if last.kind == "unsupported":
+        return InvalidRequest(last.upstream_message, param=last.param, log_message=log_message)
     if last.kind == "status":
         headers = {}
         if last.cool_until is not None:
@@ -250,17 +272,33 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret and secret in text else text
 
 
-async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key: ProviderKeyEntry | None,
+async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: ProviderKeyEntry | None,
                    stream: bool, first_byte_timeout: float, deadline: float, retry_on: frozenset[int]) -> Outcome:
     record = inbound.record
     provider = target.provider
     adapter = ADAPTERS.get(provider.type)
     if adapter is None:
         raise AttemptFailed(Failure("config", retryable=True, detail=f"provider type {provider.type} not supported"))
+    client_wire = inbound.endpoint.wire
+    operation = inbound.endpoint.upstream_operation
+    # Same format on both sides: the request goes out as sent (but the model), the answer
+    # comes back as received. Otherwise through the hub, both ways.
+    native = client_wire == adapter.wire
+    if client_wire == "openai_responses" and provider.native_responses:
+        native, operation = True, "responses"
+    upstream_wire = client_wire if native else adapter.wire
+    if not native:
+        try:
+            body, diagnostics = translate_request(body, client_wire, adapter.wire, target.upstream_model)
+        except InvalidField as exc:  # dropping it would change the meaning: the client must know
+            raise AttemptFailed(Failure("unsupported", retryable=False, status=400, detail=exc.message,
+                                        upstream_message=exc.message, param=exc.param)) from None
+        record.log.diagnostics = [f"{field}: {reason}" for field, reason in diagnostics]
     secret = key.secret if key is not None else None
-    upstream = adapter.build_request(inbound.endpoint.name, body, upstream_model=target.upstream_model,
+    upstream = adapter.build_request(operation, body, upstream_model=target.upstream_model,
                                      base_url=provider.base_url, api_key=secret,
-                                     extra_headers=provider.extra_headers)
+                                     extra_headers=provider.extra_headers, client_headers=inbound.headers,
+                                     stream=stream)
     client = runtime.current().client
     # No read timeout of the transport's own: the first byte has its timeout, the gaps
     # between stream events theirs (see _relay), each enforced here.
@@ -276,11 +314,11 @@ async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key
                 response = record.upstream = await client.send(request, stream=True)
                 if not 200 <= response.status_code < 300:
                     content = await _read_limited(response)
-                    message = _scrub(codec.read_error(content), secret)
+                    message = _scrub(CODECS[upstream_wire].read_error(content), secret)
                     raise AttemptFailed(classify_status(response.status_code, response.headers, message,
                                                         retry_on=retry_on))
                 if stream:
-                    relay = codec.StreamRelay(_client_wants_usage(body), secret)
+                    relay = _stream_relay(client_wire, upstream_wire, inbound.body, secret)
                     chunks = response.aiter_raw()
                     first = await _first_event(chunks, relay)
             if not stream:
@@ -289,6 +327,8 @@ async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key
                 if not _looks_whole(content):
                     raise AttemptFailed(Failure("bad_answer", retryable=True,
                                                 detail="malformed answer (not a whole JSON object)"))
+                if upstream_wire != "openai_chat":
+                    content = _answer_for_client(record, content, upstream_wire, client_wire, inbound.body)
         except AttemptFailed:
             raise
         except Exception as exc:
@@ -301,7 +341,8 @@ async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key
         record.upstream_s += time.perf_counter() - sent
 
     log = record.log
-    log.wire = adapter.wire  # the log writer reads usage (or estimates it) from the answer, in its own process
+    if upstream_wire == client_wire == "openai_chat":
+        log.wire = client_wire  # the log writer reads usage (or estimates it) from the answer, in its own process
     log.status = response.status_code
     log.ttfb_ms = record.elapsed_ms()
     log.overhead_ms = record.overhead_ms()
@@ -315,7 +356,7 @@ async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key
     headers.update(SSE_HEADERS)
     headers["Content-Type"] = "text/event-stream"
     return Outcome(response.status_code, headers,
-                   stream=_relay(record, response, chunks, relay, first, codec, deadline))
+                   stream=_relay(record, response, chunks, relay, first, deadline))
 
 
 async def _first_event(chunks, relay) -> bytes:
@@ -327,7 +368,7 @@ async def _first_event(chunks, relay) -> bytes:
     raise httpx.RemoteProtocolError("upstream closed the stream before sending an event")
 
 
-async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, codec, deadline: float):
+async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, deadline: float):
     """Pass upstream events to the client as they arrive; end with an error event on failure.
 
     Events that arrived together go out together: one write to the client per upstream
@@ -348,10 +389,13 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
             relayed = relay.feed(chunk)
             if relayed:
                 yield relayed
-        if not relay.finished:
-            raise httpx.RemoteProtocolError("upstream ended the stream without finishing it")
+        tail = relay.close()  # a translating relay owes the client its closing events
+        if tail:
+            yield tail
         if relay.error:
             error = UpstreamStreamError(relay.error, kind="upstream_stream_error")
+        elif not relay.finished:
+            raise httpx.RemoteProtocolError("upstream ended the stream without finishing it")
     except asyncio.CancelledError:
         if not stopping.is_set():
             error = _client_left()
@@ -359,7 +403,7 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
         # The server is stopping and the grace period is over: end the stream properly.
         error = GatewayError("The gateway is shutting down; the stream was cut short.", status=503,
                              code="server_shutting_down", kind="shutdown")
-        yield codec.error_event(error)
+        yield relay.fail(error)
     except GeneratorExit:
         # The client left: closing the upstream response below cancels the upstream request.
         error = _client_left()
@@ -369,12 +413,14 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
         message = ("The upstream stream stalled and timed out." if failure.kind == "timeout"
                    else "The upstream connection was lost mid-stream.")
         error = UpstreamStreamError(message, log_message=failure.detail)
-        yield codec.error_event(error)
+        yield relay.fail(error)
     finally:
         record.upstream = None
         await chunks.aclose()
         await _close(response)
         record.log.stream_events = relay.events_to_log(with_text=record.key is not None and record.key.log_bodies)
+        if relay.usage is not None:
+            record.log.usage = log_usage(relay.usage)
         if error is not None:
             record.fail(error)
         else:
@@ -384,6 +430,37 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, c
 def _client_left() -> GatewayError:
     return GatewayError("Client closed the connection before the stream ended.", status=499,
                         kind="client_disconnected")
+
+
+def _stream_relay(client_wire: str, upstream_wire: str, client_body: dict, secret: str | None):
+    if client_wire == upstream_wire == "openai_chat":  # the fast path: bytes through, barely read
+        return CODECS["openai_chat"].StreamRelay(_client_wants_usage(client_body), secret)
+    if client_wire == upstream_wire:
+        return ObservingRelay(client_wire, secret)
+    return TranslatingRelay(upstream_wire, client_wire, client_body.get("model", ""), secret)
+
+
+def _answer_for_client(record: RequestRecord, content: bytes, upstream_wire: str, client_wire: str,
+                       client_body: dict) -> bytes:
+    """A whole answer in the client's format (as received when the formats match), its usage
+    decoded here for the log."""
+    try:
+        answer = CODECS[upstream_wire].read_answer(content)
+        if client_wire != upstream_wire:
+            content = json.dumps(CODECS[client_wire].write_answer(answer, client_body.get("model", "")),
+                                 ensure_ascii=False).encode()
+    except (InvalidField, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AttemptFailed(Failure("bad_answer", retryable=True, detail=f"answer not readable ({exc})"[:300]))
+    record.log.usage = log_usage(answer.usage)
+    return content
+
+
+def log_usage(usage: hub.Usage | None) -> Usage | None:
+    """Hub usage as the request log counts it (OpenAI's convention: prompt tokens include
+    cached ones)."""
+    if usage is None:
+        return None
+    return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_read)
 
 
 def _looks_whole(content: bytes) -> bool:

@@ -49,6 +49,7 @@ class ProviderEntry:
     extra_headers: tuple[tuple[str, str], ...]
     keys: tuple[ProviderKeyEntry, ...]
     unusable: str = ""  # why the provider must not be called (e.g. its keys cannot be decrypted)
+    native_responses: bool = False  # an OpenAI-compatible upstream that also serves /responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ def build_snapshot(version: str = "") -> Snapshot:
         providers[p.pk] = ProviderEntry(
             id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
             weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
-            keys=tuple(keys), unusable=unusable,
+            keys=tuple(keys), unusable=unusable, native_responses=p.native_responses,
         )
     prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}
 

@@ -233,8 +233,8 @@ def test_sigterm_ends_streams_in_flight_properly_and_writes_every_row(live, gate
         gateway.proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in long + short]
     gateway.proc.wait(20)
-    for request_id, data in results[:5]:
-        assert '"code":"server_shutting_down"' in data[-1].replace(" ", ""), data[-3:]
+    for request_id, data in results[:5]:  # the error event (then [DONE], which the SDKs expect)
+        assert '"code":"server_shutting_down"' in data[-2].replace(" ", ""), data[-3:]
     for request_id, data in results[5:]:
         assert data[-1] == "[DONE]"
     ids = [request_id for request_id, _ in results]

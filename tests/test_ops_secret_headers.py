@@ -61,7 +61,7 @@ def test_the_migration_encrypts_credential_headers_stored_in_plaintext_before_it
 
     provider = make_provider()
     Provider.objects.filter(pk=provider.pk).update(extra_headers={"api-key": "azure-key-1234567890", "X-Other": "1"})
-    migration = importlib.import_module("providers.migrations.0002_secret_headers")
+    migration = importlib.import_module("providers.migrations.0004_secret_headers")
 
     migration.encrypt_credential_headers(apps, None)
 

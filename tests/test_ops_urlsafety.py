@@ -101,7 +101,7 @@ def test_the_admin_shows_a_refused_base_url_as_an_error_on_the_field(staff):
 
     assert response.status_code == 200
     assert "base_url" in response.context["adminform"].form.errors
-    assert "link-local or a cloud metadata address" in response.context["adminform"].form.errors["base_url"][0]
+    assert "link-local and cloud metadata addresses" in response.context["adminform"].form.errors["base_url"][0]
     assert not Provider.objects.filter(name="sneaky").exists()
 
 
@@ -126,7 +126,7 @@ def test_the_config_file_refuses_a_metadata_base_url_naming_the_place():
 
     assert len(refused.value.messages) == 1
     assert refused.value.messages[0].startswith("providers.sneaky.base_url: ")
-    assert "link-local" in refused.value.messages[0]
+    assert "link-local and cloud metadata addresses" in refused.value.messages[0]
 
 
 # ---------------------------------------------------------------- connecting

@@ -240,8 +240,9 @@ def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_event(live
     body = {**CHAT, "model": "no-retry", "mock": {"chunks": 10, "chunk_delay": 0.02, **fault}}
     response, events = stream_events(live, body)
     assert response.status_code == 200
-    assert len(events) >= 2  # content reached the client first
-    error = json.loads(events[-1])["error"]
+    assert len(events) >= 3  # content reached the client first
+    assert events[-1] == "[DONE]"  # after the error event: the SDKs stop at [DONE]
+    error = json.loads(events[-2])["error"]
     assert error["message"] and error["code"] == "stream_interrupted"
     assert time.monotonic() - started < 10  # a stall ends by the idle timeout (2 s here)
     row = wait_for_log(response.headers["x-request-id"])

@@ -105,7 +105,7 @@ def _apply_providers(providers: dict, summary):
 
 def _apply_provider(provider, name, spec, summary):
     provider = provider or Provider(name=name)
-    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s")}
+    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s", "native_responses")}
     changed = []
     # Headers are compared by their real values; secret ones are stored encrypted.
     if provider.header_values() != spec["extra_headers"] or \

@@ -70,6 +70,7 @@ def _export_providers(include_secrets: bool) -> dict:
             "enabled": provider.enabled,
             "weight": provider.weight,
             "timeout_s": provider.timeout_s,
+            "native_responses": provider.native_responses or None,  # shown only when on
             "extra_headers": _export_headers(provider, include_secrets, variables),
             "secret_headers": sorted(provider.secret_header_names, key=str.lower),
             "keys": keys,

@@ -1,5 +1,5 @@
 """Cross-checks: references between items, and against the database for sections the file leaves out."""
-import re
+from django.core.exceptions import ValidationError
 
 from healthcheck.models import HealthTarget
 from keys.models import VirtualKey
@@ -7,6 +7,7 @@ from providers.models import Provider
 from routing.models import Route, RouteTarget
 
 from .schema import _BAD, _fail
+from .validators import validate_regex
 
 
 def check_references(data: dict, errors: list[str]) -> None:
@@ -72,9 +73,9 @@ def _check_rule(rule, path, errors):
         _fail(errors, f"{path}.pattern", f"required for operation {rule['operation']!r}")
     if isinstance(pattern, str) and pattern:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            _fail(errors, f"{path}.pattern", f"invalid regular expression: {exc}")
+            validate_regex(pattern)
+        except ValidationError as exc:
+            _fail(errors, f"{path}.pattern", "; ".join(exc.messages))
 
 
 def _check_aliases(models, errors):

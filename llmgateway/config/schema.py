@@ -7,15 +7,16 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator, validate_slug
+from django.core.validators import validate_slug
 
 from healthcheck.models import HealthTarget, MonitoringSettings
 from keys.models import VirtualKey
 from providers.models import CatalogEntry, Provider, ProviderKey
-from providers.urlsafety import UnsafeUpstream, check_base_url
+from providers.presets import get_preset, slugs
 from routing.models import PromptRule, Route, RouteTarget
+
+from . import validators
 
 VERSION = 1
 _BAD = object()  # stands for a value that failed a check; its error is already recorded
@@ -72,6 +73,19 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
+def _shared_check(validate: Callable, value, path: str, errors: list[str]):
+    """Run one of the validators the admin shares (llmgateway.config.validators)."""
+    try:
+        validate(value)
+    except ValidationError as exc:
+        return _fail(errors, path, "; ".join(exc.messages))
+    return value
+
+
+def _minimum_validator(minimum) -> Callable:
+    return validators.validate_not_negative if minimum == 0 else validators.validate_min(minimum)
+
+
 def boolean(value, path, errors):
     if isinstance(value, bool):
         return value
@@ -84,8 +98,8 @@ def integer(minimum: int | None = 0, maximum: int | None = None, nullable: bool 
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             return _fail(errors, path, f"expected an integer, got {_kind(value)}")
-        if minimum is not None and value < minimum:
-            return _fail(errors, path, f"must be at least {minimum}")
+        if minimum is not None and _shared_check(_minimum_validator(minimum), value, path, errors) is _BAD:
+            return _BAD
         if maximum is not None and value > maximum:
             return _fail(errors, path, f"must be at most {maximum}")
         return value
@@ -96,8 +110,8 @@ def number(minimum: float = 0.0) -> Checker:
     def check(value, path, errors):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return _fail(errors, path, f"expected a number, got {_kind(value)}")
-        if value < minimum:
-            return _fail(errors, path, f"must be at least {minimum}")
+        if _shared_check(_minimum_validator(minimum), value, path, errors) is _BAD:
+            return _BAD
         return float(value)
     return check
 
@@ -113,8 +127,10 @@ def decimal(max_digits: int, places: int) -> Checker:
             amount = Decimal(str(value))
         except InvalidOperation:
             return _fail(errors, path, "expected a number")
-        if not amount.is_finite() or amount < 0:
-            return _fail(errors, path, "must be a non-negative number")
+        if not amount.is_finite():
+            return _fail(errors, path, "expected a number")
+        if _shared_check(validators.validate_not_negative, amount, path, errors) is _BAD:
+            return _BAD
         if amount >= Decimal(10) ** (max_digits - places):
             return _fail(errors, path, f"must be less than {10 ** (max_digits - places)}")
         if amount != amount.quantize(Decimal(1).scaleb(-places)):
@@ -150,19 +166,20 @@ def choice(values) -> Checker:
     return check
 
 
-def url(value, path, errors):
-    value = text(max_length=500, min_length=1)(value, path, errors)
-    if value is _BAD:
-        return _BAD
-    try:
-        URLValidator()(value)
-    except ValidationError:
-        return _fail(errors, path, "not a valid http(s) URL")
-    try:
-        check_base_url(value, settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
-    except UnsafeUpstream as exc:
-        return _fail(errors, path, str(exc))
-    return value
+def validated(inner: Checker, *checks: Callable) -> Checker:
+    """`inner`, then the shared validators (llmgateway.config.validators) the admin runs too."""
+    def check(value, path, errors):
+        value = inner(value, path, errors)
+        if value is _BAD or value is None:
+            return value
+        for validate in checks:
+            if _shared_check(validate, value, path, errors) is _BAD:
+                return _BAD
+        return value
+    return check
+
+
+url = validated(text(max_length=500, min_length=1), validators.validate_base_url)
 
 
 def timestamp(value, path, errors):
@@ -301,18 +318,37 @@ CATALOG_ENTRY = record({
 CATALOG_FIELDS = ("context_window", "max_output_tokens", "input_price_per_m", "output_price_per_m",
                   "cached_input_price_per_m")
 
-PROVIDER = record({
+def with_preset(inner: Checker) -> Checker:
+    """`preset: deepseek` fills in the type and base_url the mapping leaves out (providers/presets.py)."""
+    def check(value, path, errors):
+        if not isinstance(value, dict) or "preset" not in value:
+            return inner(value, path, errors)
+        value = dict(value)
+        slug = value.pop("preset")
+        preset = get_preset(slug) if isinstance(slug, str) else None
+        if preset is None:
+            shown = repr(slug) if isinstance(slug, str) else _kind(slug)
+            _fail(errors, _at(path, "preset"), f"unknown preset {shown}; known presets: {', '.join(slugs())}")
+        else:
+            value.setdefault("type", preset.type)
+            value.setdefault("base_url", preset.base_url)
+        return inner(value, path, errors)
+    return check
+
+
+PROVIDER = with_preset(record({
     "type": Field(choice(Provider.Type.values), _default(Provider, "type")),
     "base_url": Field(url, required=True),
     "enabled": Field(boolean, True),
     "weight": Field(integer(0), _default(Provider, "weight")),
-    "timeout_s": Field(number(minimum=0.1), _default(Provider, "timeout_s")),
+    "timeout_s": Field(number(minimum=validators.MIN_TIMEOUT_S), _default(Provider, "timeout_s")),
+    "native_responses": Field(boolean, False),
     "extra_headers": Field(string_mapping, {}),
     # Names of extra headers kept encrypted besides the credential headers (providers.models).
     "secret_headers": Field(list_of(text(200, 1), unique=True), []),
     "keys": Field(list_of(PROVIDER_KEY), []),
     "catalog": Field(named(CATALOG_ENTRY, text(200, 1)), {}),
-})
+}))
 
 TARGET = record({
     "provider": Field(text(min_length=1), required=True),
@@ -335,7 +371,7 @@ ROUTE = record({
     "strategy": Field(choice(Route.Strategy.values), _default(Route, "strategy")),
     "enabled": Field(boolean, True),
     "max_attempts": Field(integer(1), _default(Route, "max_attempts")),
-    "retry_on_status": Field(list_of(integer(100, 599), unique=True), []),
+    "retry_on_status": Field(list_of(validated(integer(None), validators.validate_status_code), unique=True), []),
     "cooldown_s": Field(integer(0), _default(Route, "cooldown_s")),
     "description": Field(text(), ""),
     "targets": Field(list_of(TARGET), []),
@@ -359,14 +395,14 @@ HEALTH_TARGET = record({
     "name": Field(text(200, 1), required=True),
     "model": Field(text(200, 1), required=True),
     "enabled": Field(boolean, True),
-    "interval_s": Field(integer(1, nullable=True)),
+    "interval_s": Field(integer(validators.MIN_HEALTH_INTERVAL_S, nullable=True)),
     "prompt": Field(text(500), ""),
-    "timeout_s": Field(number(minimum=0.1), _default(HealthTarget, "timeout_s")),
+    "timeout_s": Field(number(minimum=validators.MIN_TIMEOUT_S), _default(HealthTarget, "timeout_s")),
 })
 
 MONITORING = record({
     "enabled": Field(boolean, _default(MonitoringSettings, "enabled")),
-    "default_interval_s": Field(integer(1), _default(MonitoringSettings, "default_interval_s")),
+    "default_interval_s": Field(integer(validators.MIN_HEALTH_INTERVAL_S), _default(MonitoringSettings, "default_interval_s")),
     "default_prompt": Field(text(500, 1), _default(MonitoringSettings, "default_prompt")),
     "targets": Field(list_of(HEALTH_TARGET), []),
 })

@@ -7,7 +7,8 @@ import json
 
 from .base import UpstreamRequest
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+         "responses": "/responses"}
 
 
 class OpenAIAdapter:

@@ -85,7 +85,12 @@ def append_bounded(records, item):
 
 
 def dumps(obj):
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed from a request: escape, as real servers do
+        return json.dumps(obj, separators=(",", ":"))
+    return text
 
 
 def json_response(obj, status=200, headers=None):
