@@ -28,4 +28,7 @@ USER gateway
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'))"
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec daphne -v 0 -b 0.0.0.0 -p ${PORT} llmgateway.asgi:application"]
+# WEB_CONCURRENCY web processes (default: one per CPU) share the port; `serve` restarts a
+# dead one and, on SIGTERM, lets each finish its requests in flight (GATEWAY_STOP_GRACE_S)
+# and hand over its request log before exiting. Worker and beat run as their own services.
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec python manage.py serve --no-worker --no-setup --host 0.0.0.0"]

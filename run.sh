@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh machine with Python 3.11+:
-#   ./run.sh          set up (virtualenv, dependencies) and run the gateway, worker and beat
+#   ./run.sh          set up (virtualenv, dependencies) and run the gateway (one web process
+#                     per core, WEB_CONCURRENCY), the Celery worker and beat
 #   ./run.sh test     set up and run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"

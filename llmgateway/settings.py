@@ -8,6 +8,8 @@ from django.templatetags.static import static
 from django.urls import reverse_lazy
 from django.utils.translation import gettext_lazy as _
 
+from llmgateway.redis import embedded_redis_url as _embedded_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -125,8 +127,10 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Unset means "start an embedded Redis" (see `manage.py serve`); tests and
-# production set it.
-REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# production set it. Other commands run with it unset (`gateway_config`, `shell`) use the
+# embedded Redis that a running `serve` recorded in DATA_DIR.
+REDIS_URL = (env("REDIS_URL", default="") or _embedded_redis_url(DATA_DIR)
+             or "redis://127.0.0.1:6379/0")
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -179,10 +183,15 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
-# The admin's "test connection" and "fetch models" may contact private and loopback
-# addresses (self-hosted Ollama, vLLM, LM Studio) unless this is off. Link-local and
-# cloud metadata addresses are refused either way.
+# Upstreams on loopback or private addresses (self-hosted Ollama, vLLM, LM Studio, an
+# internal proxy): allowed in base URLs, dialled by the gateway and by the admin's "test
+# connection" and "fetch models" unless this is off. On by default: a self-hosted gateway
+# often fronts local models. Link-local and cloud metadata addresses are refused either
+# way (providers/urlsafety.py).
 GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=True)
+
+# `manage.py serve`: web server processes on one port (default: one per core).
+WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
@@ -216,11 +225,27 @@ LOGGING = {
     },
 }
 
+# Production behind HTTPS (README "Production"; `manage.py check --deploy` passes with
+# HTTPS_ONLY=1). HTTPS_ONLY: the site is reached over HTTPS only, so cookies are
+# secure-only, plain HTTP is redirected and browsers are told so (HSTS).
+HTTPS_ONLY = env.bool("HTTPS_ONLY", default=False)
+# Trust the X-Forwarded-Proto header only from a TLS-terminating proxy that every request
+# passes through and that sets it itself: otherwise a client could claim HTTPS.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool(
     "BEHIND_TLS_PROXY", default=False
 ) else None
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS_ONLY)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS_ONLY)
+# Orchestrators probe the processes directly over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# HSTS for every subdomain and the browsers' preload list bind the whole domain, not just
+# this gateway: the operator opts in with the two settings above, and `check --deploy`
+# does not nag about them meanwhile.
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
 
 
 

@@ -5,6 +5,8 @@ or one of its keys, "fetch models" (import an upstream's model list into the cat
 and model metadata search and apply. Each tool is a form that works without JavaScript;
 htmx only swaps the result in place (one view serves the page and its fragment).
 """
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -16,11 +18,13 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 from unfold.admin import ModelAdmin, TabularInline
-from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminTextInputWidget
+from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminTextareaWidget, UnfoldAdminTextInputWidget
 
 from llmgateway.config import validators
 
@@ -44,6 +48,9 @@ def page_or_fragment(request, admin_site, page: str, fragment: str, context: dic
     if is_htmx(request):
         return TemplateResponse(request, fragment, context)
     return TemplateResponse(request, page, {**admin_site.each_context(request), **context})
+
+# RFC 9110 token characters.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ProviderKeyForm(forms.ModelForm):
@@ -130,8 +137,18 @@ class CatalogInline(TabularInline):
     tab = True
 
 
+class WriteOnlyTextarea(UnfoldAdminTextareaWidget):
+    """A textarea that never renders a value back, not even after a validation error."""
+
+    def format_value(self, value):
+        return None
+
+
 class ProviderForm(forms.ModelForm):
-    """Adds the preset picker; a chosen preset fills in the type and an empty base URL."""
+    """Adds the preset picker; a chosen preset fills in the type and an empty base URL.
+
+    Secret extra headers are write-only, like provider keys: typed here, stored
+    encrypted, shown only as their last four characters."""
 
     preset = forms.CharField(
         label=_("Preset"),
@@ -141,9 +158,17 @@ class ProviderForm(forms.ModelForm):
         help_text=_("A known provider: fills in the type and base URL. Leave the base URL empty to take the preset's."),
     )
 
+    set_secret_headers = forms.CharField(
+        label=_("Set secret headers"), required=False,
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        help_text=_("Write-only. One “Name: value” per line adds or replaces a secret header; "
+                    "“Name:” alone removes it. Stored encrypted."),
+    )
+
     class Meta:
         model = Provider
-        fields = ["preset", "name", "type", "base_url", "enabled", "timeout_s", "weight", "extra_headers"]
+        fields = ["preset", "name", "type", "base_url", "enabled", "timeout_s", "weight", "extra_headers",
+                  "secret_header_names"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -180,6 +205,43 @@ class ProviderForm(forms.ModelForm):
             self.add_error("base_url", _("Enter a base URL, or pick a preset."))
         return cleaned
 
+    def clean_set_secret_headers(self) -> dict:
+        changes = {}
+        for number, line in enumerate(self.cleaned_data["set_secret_headers"].splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, colon, value = line.partition(":")
+            name = name.strip()
+            if not colon or not HEADER_NAME.fullmatch(name):
+                # Never echo the line: it may hold the secret.
+                raise ValidationError(_("line %(number)s: expected “Name: value” with a valid header name")
+                                      % {"number": number})
+            changes[name] = value.strip()
+        return changes
+
+    def clean_secret_header_names(self):
+        names = self.cleaned_data["secret_header_names"] or []
+        if not isinstance(names, list) or not all(isinstance(n, str) and HEADER_NAME.fullmatch(n) for n in names):
+            raise ValidationError(_('Expected a list of header names, e.g. ["X-Custom-Token"].'))
+        return names
+
+    def save(self, commit=True):
+        provider = self.instance
+        secret = provider.secret_headers()
+        changes = self.cleaned_data.get("set_secret_headers") or {}
+        for name, value in changes.items():
+            for same in [n for n in secret if n.lower() == name.lower()]:
+                del secret[same]
+            if value:
+                secret[name] = value
+        # A header entered here is secret whatever its name.
+        marked = {*provider.secret_header_names, *(n for n, v in changes.items() if v and not provider.is_secret_header(n))}
+        provider.set_headers({**(provider.extra_headers or {}), **secret}, sorted(marked))
+        return super().save(commit)
+
+    def has_changed(self):
+        return super().has_changed() or bool(self.data.get(self.add_prefix("set_secret_headers")))
+
 
 @admin.register(Provider)
 class ProviderAdmin(ModelAdmin):
@@ -193,6 +255,15 @@ class ProviderAdmin(ModelAdmin):
     list_before_template = "admin/providers/provider/_list_tools.html"
     change_form_outer_before_template = "admin/providers/provider/_preset_list.html"
     change_form_outer_after_template = "admin/providers/provider/_tools.html"
+    readonly_fields = ["stored_secret_headers"]
+
+    @admin.display(description=_("stored secret headers"))
+    def stored_secret_headers(self, obj):
+        try:
+            masked = obj.masked_secret_headers() if obj else {}
+        except ValueError:
+            return _("cannot be decrypted with the configured ENCRYPTION_KEYS")
+        return format_html_join(mark_safe("<br>"), "{}: {}", masked.items()) if masked else "—"
 
     @admin.display(description=_("keys"))
     def key_count(self, obj):
@@ -202,7 +273,7 @@ class ProviderAdmin(ModelAdmin):
         return super().get_queryset(request).annotate(key_total=Count("keys"))
 
     def get_fields(self, request, obj=None):
-        fields = ProviderForm.Meta.fields
+        fields = [*ProviderForm.Meta.fields, "stored_secret_headers", "set_secret_headers"]
         return fields[1:] if obj is not None else fields  # a preset only helps to create
 
     def get_changeform_initial_data(self, request):

@@ -1,9 +1,21 @@
-"""Upstream providers, their API keys (encrypted at rest) and the model catalog."""
+"""Upstream providers, their API keys and secret headers (encrypted at rest) and the model catalog."""
+import json
+
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from .crypto import decrypt_secret, encrypt_secret
+
+
+# Extra headers that always carry credentials, in lower case.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "x-goog-api-key",
+                                "cookie"})
+
+
+def mask_secret(value: str) -> str:
+    """…wxyz; short secrets show nothing of themselves."""
+    return f"…{value[-4:]}" if len(value) >= 12 else "…"
 
 
 class Provider(models.Model):
@@ -28,8 +40,17 @@ class Provider(models.Model):
         _("speaks Responses natively"), default=False,
         help_text=_("OpenAI-compatible upstreams only: it also serves /responses (OpenAI does). Responses "
                     "requests then go to it as sent; otherwise they are translated to chat completions."))
-    extra_headers = models.JSONField(_("extra headers"), default=dict, blank=True,
-                                     help_text=_('Sent with every request, e.g. {"OpenAI-Organization": "org-1"}.'))
+    extra_headers = models.JSONField(
+        _("extra headers"), default=dict, blank=True,
+        help_text=_('Sent with every request, e.g. {"OpenAI-Organization": "org-1"}. Credential headers '
+                    "(Authorization, api-key, x-api-key, ...) and those named under secret headers are "
+                    "moved to encrypted storage when saved."))
+    secret_header_names = models.JSONField(
+        _("secret headers"), default=list, blank=True,
+        help_text=_('More extra headers to keep encrypted, besides the usual credential headers, '
+                    'e.g. ["X-Custom-Token"].'))
+    # The secret extra headers, as one encrypted JSON object {name: value}.
+    encrypted_headers = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -40,6 +61,40 @@ class Provider(models.Model):
 
     def __str__(self):
         return self.name
+
+    def is_secret_header(self, name: str) -> bool:
+        name = name.lower()
+        return name in CREDENTIAL_HEADERS or name in {n.lower() for n in self.secret_header_names or ()}
+
+    def set_headers(self, headers: dict, secret_names: list | None = None) -> None:
+        """Set every extra header: the secret ones encrypted, the others as they are."""
+        if secret_names is not None:
+            self.secret_header_names = sorted(set(secret_names), key=str.lower)
+        plain = {name: value for name, value in headers.items() if not self.is_secret_header(name)}
+        secret = {name: value for name, value in headers.items() if self.is_secret_header(name)}
+        self.extra_headers = plain
+        if secret != self.secret_headers():  # re-encrypt only a change: no churn in config applies
+            self.encrypted_headers = encrypt_secret(json.dumps(secret, sort_keys=True)) if secret else ""
+
+    def secret_headers(self) -> dict:
+        """The secret extra headers, decrypted."""
+        return json.loads(decrypt_secret(self.encrypted_headers)) if self.encrypted_headers else {}
+
+    def header_values(self) -> dict:
+        """Every extra header with its real value, for the upstream request (the snapshot)."""
+        return {**(self.extra_headers or {}), **self.secret_headers()}
+
+    def masked_secret_headers(self) -> dict:
+        """The secret extra headers as an admin page may show them: the last four characters."""
+        return {name: mask_secret(value) for name, value in sorted(self.secret_headers().items())}
+
+    def save(self, *args, **kwargs):
+        # A credential typed among the plain headers (the admin's JSON field, a shell) is
+        # encrypted before it reaches the database.
+        if any(self.is_secret_header(name) for name in self.extra_headers or {}):
+            self.set_headers({**self.secret_headers(), **self.extra_headers})
+        super().save(*args, **kwargs)
+
 
 
 class ProviderKey(models.Model):

@@ -8,7 +8,10 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import httpcore
 import httpx
+
+from .urlsafety import GuardedNetworkBackend, guarded_socket_factory
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +20,32 @@ LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepa
 
 
 def make_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:
-    """An AsyncClient on the chosen transport: "aiohttp" (httpx-aiohttp) or "httpx" (httpcore)."""
+    """An AsyncClient on the chosen transport: "aiohttp" (httpx-aiohttp) or "httpx" (httpcore).
+
+    Neither follows redirects (httpx's default; httpx-aiohttp passes allow_redirects=False):
+    a redirect would reach an address nobody checked. Every address either transport
+    dials passes providers.urlsafety's check first (after DNS)."""
     timeout = httpx.Timeout(connect=connect_timeout, read=60.0, write=60.0, pool=connect_timeout)
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS), timeout=timeout, trust_env=False)
-    return httpx.AsyncClient(limits=LIMITS, timeout=timeout, trust_env=False)
+        def guarded_session() -> aiohttp.ClientSession:
+            # Called by the transport on first use, inside the running event loop.
+            connector = aiohttp.TCPConnector(limit=LIMITS.max_connections, keepalive_timeout=LIMITS.keepalive_expiry,
+                                             ssl=httpx.create_ssl_context(),
+                                             socket_factory=guarded_socket_factory)
+            return aiohttp.ClientSession(connector=connector)
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=LIMITS, client=guarded_session),
+                                 timeout=timeout, trust_env=False, follow_redirects=False)
+    transport = httpx.AsyncHTTPTransport(limits=LIMITS, trust_env=False)
+    # httpx has no parameter for httpcore's network backend: give the transport a pool
+    # with the same settings whose backend checks every address it dials.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=LIMITS.max_connections,
+        max_keepalive_connections=LIMITS.max_keepalive_connections, keepalive_expiry=LIMITS.keepalive_expiry,
+        network_backend=GuardedNetworkBackend())
+    return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False, follow_redirects=False)
 
 
 def is_dns_error(exc: BaseException) -> bool:

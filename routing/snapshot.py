@@ -18,12 +18,13 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from keys.auth import KeyEntry, key_entry
-from llmgateway.redis import async_client, sync_client
+from llmgateway.redis import async_client, sync_client, warn_unreachable
 
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "gw:config_version"
 UNDECRYPTABLE = "its provider keys cannot be decrypted with the configured ENCRYPTION_KEYS"
+UNDECRYPTABLE_HEADERS = "its secret headers cannot be decrypted with the configured ENCRYPTION_KEYS"
 # Rebuild at least this often even if the counter did not move (a lost bump, a
 # Redis outage): correctness must not hang on one INCR.
 MAX_AGE_S = 60.0
@@ -141,9 +142,16 @@ def build_snapshot(version: str = "") -> Snapshot:
                           "the key is not used", k.pk, p.name)
         # A provider whose every key is unreadable must never be called without one.
         unusable = UNDECRYPTABLE if undecryptable and not keys else ""
+        try:
+            headers = p.header_values()  # secret extra headers decrypted
+        except ValueError:
+            headers = p.extra_headers or {}
+            unusable = UNDECRYPTABLE_HEADERS
+            log.error("the secret headers of provider %s cannot be decrypted with ENCRYPTION_KEYS; "
+                      "the provider is not used", p.name)
         providers[p.pk] = ProviderEntry(
             id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
-            weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in (p.extra_headers or {}).items()),
+            weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
             keys=tuple(keys), unusable=unusable, native_responses=p.native_responses,
         )
     prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}
@@ -191,8 +199,7 @@ def bump_config_version() -> None:
     try:
         sync_client().incr(VERSION_KEY)
     except Exception as exc:  # a Redis outage must not fail an admin save
-        log.warning("could not bump the config version in Redis (%s); processes catch up within %ss",
-                    type(exc).__name__, MAX_AGE_S)
+        warn_unreachable(exc, f"running gateways pick the change up within {MAX_AGE_S:.0f} s")
 
 
 class SnapshotKeeper:

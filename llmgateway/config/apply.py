@@ -105,9 +105,14 @@ def _apply_providers(providers: dict, summary):
 
 def _apply_provider(provider, name, spec, summary):
     provider = provider or Provider(name=name)
-    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s", "native_responses",
-                                         "extra_headers")}
-    _save(provider, values, f"provider {name!r}", summary)
+    values = {key: spec[key] for key in ("type", "base_url", "enabled", "weight", "timeout_s", "native_responses")}
+    changed = []
+    # Headers are compared by their real values; secret ones are stored encrypted.
+    if provider.header_values() != spec["extra_headers"] or \
+            sorted(provider.secret_header_names, key=str.lower) != sorted(spec["secret_headers"], key=str.lower):
+        provider.set_headers(spec["extra_headers"], spec["secret_headers"])
+        changed.append("extra_headers")
+    _save(provider, values, f"provider {name!r}", summary, changed)
     _apply_provider_keys(provider, spec["keys"], summary)
     _apply_catalog(provider, spec["catalog"], summary)
 

@@ -21,7 +21,8 @@ class _Variable(str):
 def export_config(include_secrets: bool = False) -> dict:
     """The whole configuration as a dict ready for YAML: sorted names, fixed field order, no timestamps.
 
-    Provider key values are `${PROVIDER_LABEL_KEY}` placeholders unless include_secrets;
+    Provider key values are `${PROVIDER_LABEL_KEY}` placeholders unless include_secrets, and
+    so are secret extra headers (`${PROVIDER_NAME_HEADER}`);
     virtual key secrets are never exported (only their hashes are stored). Every other
     `${` is escaped as `$${`, so load_config gives back exactly what was exported.
     """
@@ -70,12 +71,22 @@ def _export_providers(include_secrets: bool) -> dict:
             "weight": provider.weight,
             "timeout_s": provider.timeout_s,
             "native_responses": provider.native_responses or None,  # shown only when on
-            "extra_headers": dict(sorted(provider.extra_headers.items())),
+            "extra_headers": _export_headers(provider, include_secrets, variables),
+            "secret_headers": sorted(provider.secret_header_names, key=str.lower),
             "keys": keys,
             "catalog": {entry.model_id: _export_catalog_entry(entry)
                         for entry in sorted(provider.catalog.all(), key=lambda e: e.model_id)},
         })
     return result
+
+
+def _export_headers(provider, include_secrets, variables: set) -> dict:
+    """Plain headers as they are; secret ones as ${PROVIDER_NAME_HEADER} placeholders."""
+    headers = dict(provider.extra_headers)
+    for name, value in provider.secret_headers().items():
+        headers[name] = value if include_secrets else _Variable(
+            f"${{{_unique_variable(f'{provider.name}_{name}_HEADER', variables)}}}")
+    return dict(sorted(headers.items(), key=lambda item: item[0].lower()))
 
 
 def _export_key(provider, key, include_secrets, variables: set) -> dict:
@@ -85,7 +96,12 @@ def _export_key(provider, key, include_secrets, variables: set) -> dict:
 
 def _variable_name(provider, key, taken: set) -> str:
     """PROVIDER_LABEL_KEY, made unique with a numeric suffix."""
-    base = re.sub(r"[^A-Za-z0-9]+", "_", f"{provider.name}_{key.label}_KEY").strip("_").upper()
+    return _unique_variable(f"{provider.name}_{key.label}_KEY", taken)
+
+
+def _unique_variable(text: str, taken: set) -> str:
+    """text as an environment variable name, made unique with a numeric suffix."""
+    base = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").upper()
     base = base if _VARIABLE_NAME.match(base) else f"_{base}"
     name, n = base, 1
     while name in taken:
@@ -198,7 +214,7 @@ def _header(data, include_secrets) -> str:
     lines = ["# LLM Gateway configuration (python manage.py gateway_config export).",
              "# Apply with: python manage.py gateway_config apply FILE  -- see docs/configuration.md"]
     if include_secrets:
-        lines.append("# Contains provider keys in plaintext: keep this file out of version control.")
+        lines.append("# Contains provider keys and secret headers in plaintext: keep this file out of version control.")
     variables = referenced_variables(data)
     if variables:
         lines.append("# Set these environment variables before applying:")

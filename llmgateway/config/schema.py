@@ -344,6 +344,8 @@ PROVIDER = with_preset(record({
     "timeout_s": Field(number(minimum=validators.MIN_TIMEOUT_S), _default(Provider, "timeout_s")),
     "native_responses": Field(boolean, False),
     "extra_headers": Field(string_mapping, {}),
+    # Names of extra headers kept encrypted besides the credential headers (providers.models).
+    "secret_headers": Field(list_of(text(200, 1), unique=True), []),
     "keys": Field(list_of(PROVIDER_KEY), []),
     "catalog": Field(named(CATALOG_ENTRY, text(200, 1)), {}),
 }))

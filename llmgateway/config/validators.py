@@ -4,13 +4,15 @@ Each takes a value and raises django's ValidationError with a message that makes
 after the field's name (the admin shows it beside the field, the config loader prefixes
 the field's path). Messages never repeat the value: it may be a secret.
 """
-import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.utils.translation import gettext as _
+
+from providers.urlsafety import UnsafeUpstream, check_host
 
 MIN_HEALTH_INTERVAL_S = 10  # the probe dispatcher runs every few seconds; less would only queue up
 MIN_TIMEOUT_S = 0.1
@@ -74,16 +76,17 @@ def validate_base_url(url: str) -> None:
         raise ValidationError(_("not a valid http(s) URL"), code="url")
     if parts.query or parts.fragment:
         raise ValidationError(_("must not contain a query (?…) or fragment (#…)"), code="url_query")
-    if _is_link_local(parts.hostname):
-        raise ValidationError(_("link-local and cloud metadata addresses are never contacted"), code="url_link_local")
-
-
-def _is_link_local(host: str) -> bool:
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address.is_link_local
+        # Every spelling of an address (2852039166, 0xa9fea9fe, ::ffff:169.254.169.254, ...).
+        check_host(parts.hostname, settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
+    except UnsafeUpstream as exc:
+        if exc.kind == "private":
+            raise ValidationError(_("private and loopback addresses are refused while "
+                                    "GATEWAY_ALLOW_PRIVATE_UPSTREAMS is off"), code="url_private") from None
+        if exc.kind == "link_local":
+            raise ValidationError(_("link-local and cloud metadata addresses are never contacted"),
+                                  code="url_link_local") from None
+        raise ValidationError(_("not a valid http(s) URL"), code="url") from None
 
 
 def messages_of(error: ValidationError) -> list[str]:

