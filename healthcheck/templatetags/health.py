@@ -1,0 +1,72 @@
+"""Small formatting filters of the status pages."""
+from django import template
+from django.utils.translation import gettext_lazy as _
+
+register = template.Library()
+
+STATE_LABELS = {
+    "healthy": _("Operational"),
+    "degraded": _("Degraded"),
+    "down": _("Down"),
+    "unknown": _("No data"),
+}
+OUTCOME_LABELS = {"healthy": _("OK"), "degraded": _("OK after retry"), "down": _("Failed")}
+ERROR_LABELS = {
+    "timeout": _("Timeout"),
+    "connection_refused": _("Connection refused"),
+    "dns_error": _("DNS error"),
+    "not_found": _("Not found"),
+    "auth": _("Authentication"),
+    "rate_limited": _("Rate limited"),
+    "upstream_5xx": _("Upstream error (5xx)"),
+    "bad_response": _("Bad response"),
+    "exception": _("Probe error"),
+}
+
+
+@register.filter
+def state_label(state: str) -> str:
+    return STATE_LABELS.get(state, state)
+
+
+@register.filter
+def outcome_label(outcome: str) -> str:
+    return OUTCOME_LABELS.get(outcome, outcome)
+
+
+@register.filter
+def error_label(kind: str) -> str:
+    return ERROR_LABELS.get(kind, kind) if kind else ""
+
+
+@register.filter
+def pct(value) -> str:
+    return "—" if value is None else f"{value:.2f}%".replace(".00%", "%")
+
+
+@register.filter
+def ms(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1000:.1f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+@register.filter
+def bar_state(availability) -> str:
+    """The colour class of a strip bar."""
+    if availability is None:
+        return "unknown"
+    if availability >= 99.9:
+        return "healthy"
+    return "degraded" if availability >= 80 else "down"
+
+
+@register.filter
+def duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
