@@ -287,3 +287,76 @@ def test_a_target_over_its_monthly_cap_is_not_probed(monitored, mock_upstream):
                                                      spend_month_usd=0.02)
     assert _probe(target) == "over_cap"
     assert not HealthRun.objects.filter(target=target).exists()
+
+
+# ---------------------------------------------------------------- configuration as code
+
+
+@pytest.mark.django_db
+def test_monitoring_targets_round_trip_through_yaml_with_a_pinned_upstream():
+    import yaml
+
+    from llmgateway.config import apply_config, export_config, load_config
+
+    provider = make_provider("http://127.0.0.1:9/v1", name="openai-main")
+    route = make_route(provider, name="gpt-4o-mini")
+    doc = {"monitoring": {"enabled": True, "default_interval_s": 60, "targets": [
+        {"name": "mini-list", "model": "gpt-4o-mini", "provider": "openai-main", "upstream_model": "gpt-4o-mini",
+         "kind": "model_list", "retries": 2, "monthly_cap_usd": 1.5, "interval_s": 45},
+        {"name": "mini", "model": "gpt-4o-mini", "max_tokens": 3}]}}
+    apply_config(load_config(yaml.safe_dump({"version": 1, **doc})))
+    pinned = HealthTarget.objects.get(name="mini-list")
+    assert pinned.route_target == route.targets.get() and pinned.kind == "model_list" and pinned.retries == 2
+    assert float(pinned.monthly_cap_usd) == 1.5
+    assert HealthTarget.objects.get(name="mini").max_tokens == 3
+    exported = {t["name"]: t for t in export_config()["monitoring"]["targets"]}
+    assert exported["mini-list"]["provider"] == "openai-main" and exported["mini-list"]["monthly_cap_usd"] == 1.5
+    assert MonitoringSettings.load().monitoring_key.is_monitoring  # on from the file: the key exists
+
+
+@pytest.mark.django_db
+def test_yaml_refuses_short_intervals_and_unknown_upstreams():
+    import yaml
+
+    from llmgateway.config import ConfigError, apply_config, load_config
+
+    make_route(make_provider("http://127.0.0.1:9/v1", name="openai-main"), name="gpt-4o-mini")
+    doc = {"monitoring": {"targets": [
+        {"name": "a", "model": "gpt-4o-mini", "interval_s": 5},
+        {"name": "b", "model": "gpt-4o-mini", "provider": "openai-main", "upstream_model": "gpt-4o"}]}}
+    with pytest.raises(ConfigError) as failure:
+        apply_config(load_config(yaml.safe_dump({"version": 1, **doc})))
+    text = str(failure.value)
+    assert "monitoring.targets[0].interval_s" in text and "monitoring.targets[1].provider" in text
+
+
+# ---------------------------------------------------------------- the admin
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw-for-tests"))
+    return client
+
+
+@pytest.mark.django_db
+def test_switching_monitoring_on_in_the_admin_creates_the_key_and_shows_it(staff):
+    MonitoringSettings.load()
+    form = {"enabled": "on", "default_interval_s": "300", "default_prompt": "Say OK"}
+    assert staff.post("/admin/healthcheck/monitoringsettings/1/change/", form).status_code == 302
+    key = MonitoringSettings.load().monitoring_key
+    assert key is not None and key.is_monitoring
+    page = staff.get("/admin/healthcheck/monitoringsettings/1/change/").content.decode()
+    assert key.name in page and "no limits" in page
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_probe_interval_under_30_seconds(staff):
+    route = make_route(make_provider("http://127.0.0.1:9/v1"))
+    form = {"name": "fast", "route": route.pk, "enabled": "on", "kind": "completion", "interval_s": "10",
+            "max_tokens": "5", "timeout_s": "30", "retries": "0"}
+    response = staff.post("/admin/healthcheck/healthtarget/add/", form)
+    assert response.status_code == 200 and "at least 30 seconds" in response.content.decode()
+    form["interval_s"] = "30"
+    assert staff.post("/admin/healthcheck/healthtarget/add/", form).status_code == 302
+    assert HealthTarget.objects.get(name="fast").interval_s == 30

@@ -19,6 +19,7 @@ VERSION = 1
 _BAD = object()  # stands for a value that failed a check; its error is already recorded
 SECTIONS = ("providers", "models", "virtual_keys", "monitoring")
 MIN_VIRTUAL_KEY_LENGTH = 32
+MIN_PROBE_INTERVAL_S = 30
 
 
 class ConfigError(Exception):
@@ -350,15 +351,22 @@ VIRTUAL_KEY = record({
 HEALTH_TARGET = record({
     "name": Field(text(200, 1), required=True),
     "model": Field(text(200, 1), required=True),
+    # Both set: probe only that upstream target of the model; both empty: the model as clients reach it.
+    "provider": Field(text(100), ""),
+    "upstream_model": Field(text(200), ""),
     "enabled": Field(boolean, True),
-    "interval_s": Field(integer(1, nullable=True)),
+    "kind": Field(choice(HealthTarget.Kind.values), _default(HealthTarget, "kind")),
+    "interval_s": Field(integer(MIN_PROBE_INTERVAL_S, nullable=True)),
     "prompt": Field(text(500), ""),
+    "max_tokens": Field(integer(1, 1000), _default(HealthTarget, "max_tokens")),
     "timeout_s": Field(number(minimum=0.1), _default(HealthTarget, "timeout_s")),
+    "retries": Field(integer(0, 10), _default(HealthTarget, "retries")),
+    "monthly_cap_usd": Field(decimal(10, 4)),
 })
 
 MONITORING = record({
     "enabled": Field(boolean, _default(MonitoringSettings, "enabled")),
-    "default_interval_s": Field(integer(1), _default(MonitoringSettings, "default_interval_s")),
+    "default_interval_s": Field(integer(MIN_PROBE_INTERVAL_S), _default(MonitoringSettings, "default_interval_s")),
     "default_prompt": Field(text(500, 1), _default(MonitoringSettings, "default_prompt")),
     "targets": Field(list_of(HEALTH_TARGET), []),
 })
