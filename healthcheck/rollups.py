@@ -173,13 +173,13 @@ def strip(target_ids: list[int], now: datetime | None = None, hours: int = 24) -
     rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
             .annotate(bar=F("bucket") / per_bar).values("target_id", "bar")
             .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
-    found = {(row["target_id"], row["bar"]): row for row in rows}
+    found = {(row["target_id"], row["bar"]): (row["runs"], row["failures"]) for row in rows}
+    starts = [(bar, bucket_start(bar * per_bar)) for bar in range(first_bar, last_bar + 1)]
+    labels = {bar: f"{start:%H:%M}" for bar, start in starts}
     out = {}
     for target_id in target_ids:
-        out[target_id] = []
-        for bar in range(first_bar, last_bar + 1):
-            row = found.get((target_id, bar))
-            runs, failures = (row["runs"], row["failures"]) if row else (0, 0)
-            out[target_id].append({"start": bucket_start(bar * per_bar), "runs": runs,
-                                   "availability": availability(runs, failures), "state": state_of(runs, failures)})
+        bars = out[target_id] = []
+        for bar, start in starts:
+            runs, failures = found.get((target_id, bar), (0, 0))
+            bars.append({"start": start, "label": labels[bar], "runs": runs, "availability": availability(runs, failures)})
     return out
