@@ -257,3 +257,9 @@ def _look_at_the_page(browser, status_gateway, monitored_model):
         lambda b: b.find_element(By.ID, "generated-at").get_attribute("datetime") != first)
     assert browser.execute_script("return document.body.dataset.marker") == "same page"
     assert browser.execute_script("return typeof htmx") == "object"
+
+    # The card's link leads to the model's own page, in the same language.
+    browser.get(status_gateway.url + "/status?lang=zh-hans")
+    browser.find_element(By.CSS_SELECTOR, f'[data-target-id="{monitored_model.pk}"] h2 a').click()
+    assert "故障记录" in browser.page_source and "最近的检测" in browser.page_source
+    browser.save_screenshot(str(shot.with_name("status-target-zh.png")))

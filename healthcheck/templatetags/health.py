@@ -63,6 +63,12 @@ def bar_state(availability) -> str:
 
 
 @register.filter
+def when(iso: str | None) -> str:
+    """An API timestamp ("2026-12-01T14:10:50.140823Z") as people read it, to the second."""
+    return f"{iso[:10]} {iso[11:19]}" if iso else ""
+
+
+@register.filter
 def duration(seconds: int) -> str:
     if seconds < 60:
         return f"{seconds} s"
