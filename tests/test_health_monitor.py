@@ -244,6 +244,45 @@ def test_upstream_errors_are_classified(monitored, mock_upstream):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_slow_upstream_is_a_timeout_and_retries_are_counted(monitored, mock_upstream):
+    import json
+
+    slow = make_provider(mock_upstream.base_url, name="slow", extra_headers={"x-mock-fault": json.dumps({"delay": 3})})
+    target = make_target(make_route(slow, name="slow", max_attempts=1), timeout_s=0.5, retries=1)
+    assert _probe(target) == "down"
+    run = HealthRun.objects.get(target=target)
+    assert (run.error_kind, run.attempts) == ("timeout", 2)
+    assert run.latency_ms < 3000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_that_is_not_a_completion_is_a_bad_response(monitored, mock_upstream):
+    import json
+
+    fault = {"status": 200, "body": "<html>maintenance</html>"}
+    odd = make_provider(mock_upstream.base_url, name="odd", extra_headers={"x-mock-fault": json.dumps(fault)})
+    target = make_target(make_route(odd, name="odd", max_attempts=1))
+    assert _probe(target) == "down"
+    assert HealthRun.objects.get(target=target).error_kind == "bad_response"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_probe_spend_is_priced_from_the_catalog_and_added_up_per_month(monitored, mock_upstream):
+    from providers.models import CatalogEntry
+
+    provider = make_provider(mock_upstream.base_url)
+    CatalogEntry.objects.create(provider=provider, model_id="gpt-4o-mini", input_price_per_m=150, output_price_per_m=600)
+    target = make_target(make_route(provider))
+    _probe(target)
+    _probe(target)
+    runs = list(HealthRun.objects.filter(target=target))
+    assert all(run.cost_usd > 0 for run in runs)
+    target.refresh_from_db()
+    assert target.spend_month == timezone.now().strftime("%Y-%m")
+    assert target.spend_month_usd == target.spend_total_usd == sum(run.cost_usd for run in runs)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_model_list_probe_checks_the_upstream_lists_the_model(monitored, mock_upstream):
     provider = make_provider(mock_upstream.base_url)
     listed = make_target(make_route(provider), kind="model_list")
