@@ -1,10 +1,10 @@
 """Benchmark: the gateway against calling the mock upstream directly and against a featureless
 relay on the same stack, for non-stream and stream requests at concurrency 1 and 32.
 
-    /work/venv/bin/python bench/run.py                      # aiohttp transport, 10 s per cell
-    /work/venv/bin/python bench/run.py --transport both     # the whole matrix for each transport
-    /work/venv/bin/python bench/run.py --soak 300           # then 5 minutes at c=32, RSS every 10 s
-    /work/venv/bin/python bench/run.py --repeat 3           # each cell 3 times, medians reported
+    .venv/bin/python bench/run.py                      # aiohttp transport, 10 s per cell
+    .venv/bin/python bench/run.py --transport both     # the whole matrix for each transport
+    .venv/bin/python bench/run.py --soak 300           # then 5 minutes at c=32, RSS every 10 s
+    .venv/bin/python bench/run.py --repeat 3           # each cell 3 times, medians reported
 
 It starts, on loopback ports, an embedded Redis, the mock upstream (its own process), the
 reference relay (bench/reference_relay, one Daphne process) and the gateway (one Daphne

@@ -17,8 +17,8 @@ def create_monitoring_key() -> VirtualKey:
     while VirtualKey.objects.filter(name=name).exists():  # an operator's key took the name
         n += 1
         name = f"{MONITORING_KEY_NAME}-{n}"
-    key = VirtualKey(name=name, is_monitoring=True, log_bodies=False, rpm=None, tpm=None, budget_usd=None,
-                     notes="Used by the health monitor; managed by the gateway.")
+    key = VirtualKey(name=name, is_monitoring=True, all_models=True, log_bodies=False, rpm=None, tpm=None,
+                     budget_usd=None, notes="Used by the health monitor; managed by the gateway.")
     key.set_key()
     key.save()
     return key

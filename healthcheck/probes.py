@@ -1,27 +1,24 @@
 """One probe of one health target: a tiny completion through the gateway's pipeline, or the
 upstream's model list; the answer classified into an error kind, secrets redacted.
 
-`call_pipeline` is the only place that calls into routing's pipeline (see the pipeline
-interface: `routing.proxy.serve(Inbound) -> Outcome`). Until that lands it calls today's
-`proxy.handle` in-process, as the monitoring key, which is the same pipeline /v1 views use.
+`probe` opens the pipeline's runtime for the task's own event loop, and `call_pipeline` is
+the one place that calls `routing.proxy.serve`, as the monitoring key, exactly as the /v1
+views do for clients.
 """
 import asyncio
 import dataclasses
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import httpx
-from django.conf import settings
-from django.http import HttpRequest
 
 from keys.auth import KeyEntry
-from llmgateway.errors import GatewayError, UpstreamTimeout
-from providers.upstream import is_timeout, shared_client
-from routing.snapshot import RouteEntry, Snapshot, TargetEntry
+from llmgateway import runtime
+from providers.upstream import is_dns_error, is_timeout
+from routing.snapshot import MAX_AGE_S, RouteEntry, Snapshot, TargetEntry
 
 # The error kinds a run can carry; the public API and the status page name only these.
 ERROR_KINDS = ("timeout", "connection_refused", "dns_error", "not_found", "auth", "rate_limited",
@@ -59,7 +56,8 @@ class ProbeResult:
 
 
 async def run_probe(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -> ProbeResult:
-    """Probe once, and again up to `spec.retries` times while it fails. Never raises."""
+    """Probe once, and again up to `spec.retries` times while it fails. Never raises.
+    Runs inside `runtime.opened()` (see `probe`)."""
     result = ProbeResult(ok=False, error_kind="exception", error_message="not run")
     for attempt in range(1, spec.retries + 2):
         result = await _probe_once(spec, snapshot, key)
@@ -97,11 +95,11 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -
         if target is None:
             return ProbeResult(ok=False, error_kind="not_found", error_message="The upstream target is disabled or gone.")
         snapshot = _pinned(snapshot, route, target)
-    status, content, record = await call_pipeline(body, snapshot, key)
-    result = ProbeResult(ok=False, status_code=status, request_id=record.request_id, ttfb_ms=record.ttfb_ms)
+    status, content, log = await call_pipeline(body, snapshot, key)
+    result = ProbeResult(ok=False, status_code=status, request_id=log.request_id, ttfb_ms=log.ttfb_ms)
     if status >= 400:
-        result.error_kind = _status_kind(status)
-        result.error_message = _error_text(content)
+        result.error_kind = _pipeline_error_kind(status, log.error_kind, log.error_message)
+        result.error_message = log.error_message or _error_text(content)
         return result
     try:
         answer = json.loads(content)
@@ -113,45 +111,36 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -
         result.error_message = "The answer is not a chat completion: " + content[:200].decode(errors="replace")
         return result
     result.ok = True
-    result.cost_usd = _cost(answer.get("usage"), record.price)
+    result.cost_usd = _cost(answer.get("usage"), log.price)
     return result
 
 
-@dataclass
-class _Record:
-    """What a probe needs from the pipeline's request record."""
+async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry):
+    """Serve `body` as a chat request of `key` through the gateway's pipeline, with `snapshot`
+    as the configuration: (status, answer bytes, the request's log entry).
 
-    request_id: str
-    ttfb_ms: float | None
-    price: object | None
-
-
-async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry) -> tuple[int, bytes, _Record]:
-    """Serve `body` as a chat request of `key` through the gateway's pipeline: (status, body, record).
-
-    The one seam between the monitor and routing. Once `routing.proxy.serve` lands this becomes:
-        record = RequestRecord.begin("chat"); outcome = await serve(Inbound(ENDPOINTS["chat"], body,
-        raw, {}, key, record)); return outcome.status, outcome.body, record
+    The one seam between the monitor and routing. The snapshot goes in as this loop's
+    runtime's current one: it is the process's snapshot, or a view of it pinned to one
+    upstream. (Should the runtime's poller swap in a rebuilt snapshot meanwhile, only a later
+    attempt could see it, and a pinned route makes one attempt.)
     """
-    from routing import proxy  # late: the pipeline's module state is the serving process's
+    from routing.endpoints import ENDPOINTS
+    from routing.proxy import Inbound, serve
+    from routing.record import RequestRecord
 
-    raw = json.dumps(body).encode()
-    request = HttpRequest()
-    request.method = "POST"
-    request.path = "/v1/chat/completions"
-    request.content_type = "application/json"
-    request._body = raw
-    request.META = {"REMOTE_ADDR": None, "CONTENT_TYPE": "application/json"}
-    call = proxy.Call.begin(request, "chat")
-    call.key = key
-    call.log.virtual_key_id = key.id
-    try:
-        response = await proxy.handle(request, snapshot, call, "chat")
-        status, content = response.status_code, response.content
-    except GatewayError as err:
-        call.fail(err)
-        status, content = err.status, json.dumps({"error": {"message": err.message, "code": err.code}}).encode()
-    return status, content, _Record(call.request_id, call.log.ttfb_ms, call.log.price)
+    runtime.current().keeper.current = snapshot
+    record = RequestRecord.begin("chat")
+    record.key = key
+    record.log.virtual_key_id = key.id
+    inbound = Inbound(endpoint=ENDPOINTS["chat"], body=body, raw=json.dumps(body).encode(), headers={}, key=key,
+                      record=record)
+    outcome = await serve(inbound)
+    content = outcome.body
+    if outcome.stream is not None:  # not asked for; read it whole all the same
+        content = b"".join([chunk async for chunk in outcome.stream])
+    if not record.ended:
+        record.end(outcome.status)
+    return outcome.status, content, record.log
 
 
 async def _list_models(spec: ProbeSpec, snapshot: Snapshot) -> ProbeResult:
@@ -166,7 +155,7 @@ async def _list_models(spec: ProbeSpec, snapshot: Snapshot) -> ProbeResult:
     headers.update(provider.extra_headers)
     if provider.keys:
         headers["authorization"] = f"Bearer {provider.keys[0].secret}"
-    client = shared_client(settings.GATEWAY_UPSTREAM_TRANSPORT, settings.GATEWAY_CONNECT_TIMEOUT_S)
+    client = runtime.current().client
     started = time.perf_counter()
     response = await client.get(provider.base_url + "/models", headers=headers, timeout=spec.timeout_s)
     result = ProbeResult(ok=False, status_code=response.status_code, ttfb_ms=(time.perf_counter() - started) * 1000)
@@ -199,6 +188,26 @@ def _pinned(snapshot: Snapshot, route: RouteEntry, target: TargetEntry) -> Snaps
     return dataclasses.replace(snapshot, routes_by_name=MappingProxyType({route.name: only}), routes=(only,))
 
 
+# The pipeline's error kinds (GatewayError.kind, kept in the request log) as probe error kinds.
+_PIPELINE_KINDS = {
+    "upstream_auth": "auth",
+    "upstream_timeout": "timeout",
+    "upstream_bad_answer": "bad_response",
+    "stream_cut": "bad_response",
+    "model_not_found": "not_found",
+    "not_allowed": "auth",
+    "rate_limited": "rate_limited",
+    "unavailable": "exception",  # no usable upstream: the gateway's configuration
+}
+
+
+def _pipeline_error_kind(status: int, kind: str, detail: str) -> str:
+    if kind == "upstream_connect":
+        # The request log's detail tells a name that did not resolve from a refused connection.
+        return "dns_error" if "not resolved" in detail else "connection_refused"
+    return _PIPELINE_KINDS.get(kind) or _status_kind(status)
+
+
 def _status_kind(status: int) -> str:
     if status in (401, 403):
         return "auth"
@@ -217,25 +226,13 @@ def _status_kind(status: int) -> str:
 
 
 def _transport_kind(exc: BaseException) -> str:
-    if isinstance(exc, UpstreamTimeout) or is_timeout(exc):
+    if is_timeout(exc):
         return "timeout"
-    for cause in _causes(exc):
-        if isinstance(cause, socket.gaierror):
-            return "dns_error"
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection_refused"
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc).lower()
-        return "dns_error" if "name" in text and "resolv" in text else "connection_refused"
+    if is_dns_error(exc):
+        return "dns_error"
+    if isinstance(exc, (httpx.ConnectError, ConnectionRefusedError)) or isinstance(exc.__cause__, ConnectionRefusedError):
+        return "connection_refused"
     return "exception"
-
-
-def _causes(exc: BaseException):
-    seen = 0
-    while exc is not None and seen < 10:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
 
 
 def _error_text(content: bytes) -> str:
@@ -269,27 +266,28 @@ def redact(message: str, snapshot: Snapshot | None = None) -> str:
 
 # ---------------------------------------------------------------- the pipeline's context
 
-_snapshot_cache: dict = {}  # this process's last snapshot and the config version it was built at
+_snapshot_cache: dict = {}  # this process's last snapshot, by the config version it was built at
 
 
 async def probe(spec: ProbeSpec, key_id: int) -> ProbeResult:
-    """Probe `spec` as the monitoring key (by id) with the current configuration.
-
-    Once llmgateway/runtime.py lands, the caller wraps this in `runtime.opened()` and the
-    two lines below become `snapshot = runtime.snapshot(); key = snapshot.key_by_id(key_id)`.
-    """
+    """Probe `spec` as the monitoring key (by id), in the pipeline's runtime for this loop.
+    For a task's own loop (asyncio.run): everything opened here is closed on the way out."""
     from asgiref.sync import sync_to_async
 
-    snapshot = await sync_to_async(_current_snapshot, thread_sensitive=False)()
-    key = next((k for k in snapshot.keys_by_hash.values() if k.id == key_id), None)
-    if key is None:
-        return ProbeResult(ok=False, error_kind="exception", error_message="The monitoring key is not configured.")
-    return await run_probe(spec, snapshot, key)
+    async with runtime.opened():
+        snapshot = await sync_to_async(_current_snapshot, thread_sensitive=False)()
+        key = next((k for k in snapshot.keys_by_hash.values() if k.id == key_id), None)
+        if key is None:
+            return ProbeResult(ok=False, error_kind="exception", error_message="The monitoring key is not configured.")
+        return await run_probe(spec, snapshot, key)
 
 
 def _current_snapshot() -> Snapshot:
-    """The configuration snapshot, rebuilt when the config version in Redis moved (a worker
-    has no snapshot keeper of its own until runtime.opened() exists)."""
+    """The configuration snapshot, kept per worker process and rebuilt when the config version
+    in Redis moves (or after MAX_AGE_S, as the gateway's keeper does): each task has a loop,
+    and so a runtime, of its own, which would otherwise build the whole snapshot per probe."""
+    import time
+
     from django.db import close_old_connections
 
     from llmgateway.redis import sync_client
@@ -300,7 +298,8 @@ def _current_snapshot() -> Snapshot:
     except Exception:
         version = None  # no Redis: rebuild every time rather than trust an old snapshot
     cached = _snapshot_cache.get("snapshot")
-    if cached is not None and version is not None and cached.version == version:
+    if (cached is not None and version is not None and cached.version == version
+            and time.monotonic() - cached.built_at < MAX_AGE_S):
         return cached
     close_old_connections()
     try:

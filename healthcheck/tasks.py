@@ -9,8 +9,6 @@ from celery import shared_task
 from django.db import IntegrityError
 from django.utils import timezone
 
-from providers.upstream import close_shared_client
-
 from . import routing_state
 from .conf import setting
 from .dispatch import claim_due_targets, interval_of
@@ -46,21 +44,13 @@ def probe_target(target_id: int, slot: str) -> str:
         prompt=target.prompt or monitoring.default_prompt, max_tokens=target.max_tokens,
         timeout_s=target.timeout_s, retries=target.retries,
     )
-    result = asyncio.run(_probe_in_own_loop(spec, monitoring.monitoring_key_id))
+    result = asyncio.run(probe(spec, monitoring.monitoring_key_id))
     run = save_run(target, datetime.fromisoformat(slot), now, result)
     if run is None:
         return "duplicate"
     target = record_run(run)
     _publish_routing_state(target, interval_of(target, monitoring))
     return run.outcome
-
-
-async def _probe_in_own_loop(spec: ProbeSpec, key_id: int) -> ProbeResult:
-    try:
-        return await probe(spec, key_id)
-    finally:
-        # This loop ends with the task: its pooled upstream client goes with it.
-        await close_shared_client()
 
 
 def save_run(target: HealthTarget, slot: datetime, started_at: datetime, result: ProbeResult) -> HealthRun | None:

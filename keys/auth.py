@@ -29,6 +29,7 @@ class KeyEntry:
     budget_usd: Decimal | None
     budget_period: str
     log_bodies: bool
+    unpriced_policy: str = "refuse"  # refuse | admit_and_flag: a budgeted key meeting a model with no price
 
     def may_use(self, route_id: int) -> bool:
         return self.allowed_route_ids is None or route_id in self.allowed_route_ids
@@ -43,12 +44,13 @@ def key_entry(vk, allowed_route_ids) -> KeyEntry:
         key_hash=vk.key_hash,
         enabled=vk.enabled,
         expires_at=vk.expires_at.timestamp() if vk.expires_at else None,
-        allowed_route_ids=frozenset(allowed_route_ids) if allowed_route_ids else None,
+        allowed_route_ids=None if vk.all_models else frozenset(allowed_route_ids),
         rpm=vk.rpm,
         tpm=vk.tpm,
         budget_usd=vk.budget_usd,
         budget_period=vk.budget_period,
         log_bodies=vk.log_bodies,
+        unpriced_policy=vk.unpriced_policy,
     )
 
 

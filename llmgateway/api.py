@@ -1,43 +1,57 @@
-"""The /v1 NinjaAPI: virtual-key authentication and errors rendered in the client's protocol."""
+"""The /v1 NinjaAPI: virtual-key authentication, and errors rendered in the client's protocol."""
 import logging
-import re
 
-from django.http import JsonResponse
+from django.http import HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
 from keys.auth import authenticate
+from providers.wire import CODECS
 from routing.api import router
-from routing.proxy import Call
-from routing.snapshot import keeper
+from routing.endpoints import ENDPOINTS, endpoint_at
+from routing.proxy import error_json
+from routing.record import RequestRecord
 
-from .apihandler import TOO_LARGE
-from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, openai_error_body
+from . import runtime
+from .apihandler import TOO_LARGE, stopping
+from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT = re.compile(r"(chat/completions|completions|embeddings|models)(/.*)?/?$")
+# Requests to unknown paths still answer in OpenAI's shape.
+_UNKNOWN = ENDPOINTS["chat"]
 
 
-def endpoint_of(path: str) -> str:
-    match = _ENDPOINT.search(path)
-    if not match:
-        return "other"
-    name = match.group(1)
-    return {"chat/completions": "chat"}.get(name, name)
+def begin_record(request) -> RequestRecord:
+    """The request's record, created once, when the request is first looked at."""
+    record = getattr(request, "gateway_record", None)
+    if record is None:
+        endpoint = endpoint_at(request.path)
+        request.gateway_endpoint = endpoint or _UNKNOWN
+        record = request.gateway_record = RequestRecord.begin(endpoint.name if endpoint else "other",
+                                                              request.META.get("REMOTE_ADDR"))
+    return record
 
 
 class VirtualKeyAuth:
     """Finds the request's virtual key in the snapshot; raises GatewayError when it can't."""
 
     async def __call__(self, request):
-        request.gateway_call = call = Call.begin(request, endpoint_of(request.path))
+        record = begin_record(request)
         limit = request.scope.get(TOO_LARGE)
         if limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-        request.auth_snapshot = snapshot = await keeper.get()
-        call.key = key = authenticate(request.META, snapshot.keys_by_hash)
-        call.log.virtual_key_id = key.id
+        if stopping.is_set():
+            raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
+                                     headers={"Retry-After": "1"})
+        try:
+            request.auth_snapshot = snapshot = await runtime.current().snapshot()
+        except Exception as exc:  # retried by the next request; /readyz says not ready meanwhile
+            log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
+            raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
+                                     code="not_ready", headers={"Retry-After": "1"}) from None
+        record.key = key = authenticate(request.META, snapshot.keys_by_hash)
+        record.log.virtual_key_id = key.id
         return key
 
 
@@ -51,14 +65,13 @@ api = NinjaAPI(
 api.add_router("/v1", router)
 
 
-def render_error(request, err: GatewayError) -> JsonResponse:
+def render_error(request, err: GatewayError) -> HttpResponse:
     """The error in the client's protocol, recorded in the request log."""
-    call = getattr(request, "gateway_call", None)
-    if call is None:
-        call = request.gateway_call = Call.begin(request, endpoint_of(request.path))
-    call.fail(err)
-    response = JsonResponse(openai_error_body(err), status=err.status)
-    response["x-request-id"] = call.request_id
+    record = begin_record(request)
+    record.fail(err)
+    codec = CODECS[request.gateway_endpoint.wire]
+    response = HttpResponse(error_json(codec, err), status=err.status, content_type="application/json")
+    response["x-request-id"] = record.request_id
     for name, value in err.headers.items():
         response[name] = value
     return response

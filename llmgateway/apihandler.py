@@ -20,14 +20,28 @@ Everything else is Django's: request objects, URL resolution, views, disconnect 
 import asyncio
 import gc
 import io
+import logging
+import sys
+import threading
+
+from django.conf import settings
 
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IPushProducer
+
+log = logging.getLogger(__name__)
 
 
 TOO_LARGE = "gateway.body_too_large"
+
+# Set once the process starts a graceful stop (SIGTERM), from the reactor's shutdown
+# trigger; read by the handler and by stream relays on the event loop.
+stopping = threading.Event()
 
 
 class BodyTooLarge(Exception):
@@ -91,29 +105,45 @@ class ApiHandler(ASGIHandler):
         async def process_request():
             response = await self.run_get_response(request)
             try:
-                await self.send_response(response, send)
+                await self.send_response(response, paced_send)
             except asyncio.CancelledError:
                 pass  # the client left while the response was being sent
             return response
 
+        flow = ClientFlow(send)
+        paced_send = flow.send
         # As in Django: a client disconnect cancels the view (and so the upstream call).
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         processor = asyncio.create_task(process_request())
-        await asyncio.wait([listener, processor], return_when=asyncio.FIRST_COMPLETED)
-        for task in (listener, processor):
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-            else:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-        if not processor.cancelled() and processor.exception() is None:
-            processor.result().close()
+        try:
+            try:
+                await asyncio.wait([listener, processor], return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The server is stopping (Daphne cancels every application): let what is in
+                # flight finish within the grace period; past it, streams end with an error
+                # event (routing.proxy._relay) and everything gets its request-log row.
+                if not stopping.is_set():
+                    raise
+                await asyncio.wait([processor], timeout=settings.GATEWAY_STOP_GRACE_S)
+            for task in (listener, processor):
+                if task.done():
+                    try:
+                        task.result()
+                    except (RequestAborted, asyncio.CancelledError):
+                        pass
+                else:
+                    task.cancel()
+                    try:
+                        await task
+                    except (asyncio.CancelledError, RequestAborted):
+                        pass
+            if not processor.cancelled() and processor.exception() is None:
+                processor.result().close()
+        finally:
+            record = getattr(request, "gateway_record", None)
+            if record is not None:  # the record's owner: ends it if nothing else did
+                await record.abandon()
+            flow.detach()
 
     def _declared_excess(self, scope) -> int:
         """Past the limit already if Content-Length says so (or is not a number)."""
@@ -122,6 +152,79 @@ class ApiHandler(ASGIHandler):
                 if name == b"content-length" and (not value.isdigit() or int(value) > self.body_limit):
                     return self.body_limit + 1
         return 0
+
+
+@implementer(IPushProducer)
+class ClientFlow:
+    """Paces a streamed response to the client's reading speed (Daphne only).
+
+    Daphne hands every body chunk to Twisted's write buffer at once, so a slow reader made
+    the gateway buffer a whole stream while reading the upstream at full speed. Registered
+    as the request's streaming producer while a response streams, this learns when
+    Twisted's buffer is full (pauseProducing) and holds the next send until it drains: the
+    relay stops reading the upstream, and TCP slows the upstream down in turn. A client
+    that reads nothing for GATEWAY_SLOW_CLIENT_TIMEOUT_S is disconnected (which cancels its
+    upstream request). Answers sent in one piece never register (nothing to pace), and the
+    producer is unregistered before the last piece (Twisted complains, expensively, about
+    a producer left registered when a response finishes).
+    """
+
+    def __init__(self, send):
+        self._send = send
+        protocol = getattr(send, "args", (None,))[0]  # Daphne's send: partial(handle_reply, protocol)
+        self.protocol = protocol if hasattr(protocol, "registerProducer") else None
+        self.attached = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    async def send(self, message) -> None:
+        if message["type"] != "http.response.body" or self.protocol is None:
+            return await self._send(message)
+        if not message.get("more_body", False):
+            self.detach()
+            return await self._send(message)
+        if not self.attached:
+            self.attach()
+        await self._send(message)
+        if not self.writable.is_set():
+            try:
+                async with asyncio.timeout(settings.GATEWAY_SLOW_CLIENT_TIMEOUT_S):
+                    await self.writable.wait()
+            except TimeoutError:
+                log.warning("client stopped reading for %ss; disconnected", settings.GATEWAY_SLOW_CLIENT_TIMEOUT_S)
+                transport = getattr(self.protocol, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
+                raise RequestAborted() from None
+
+    def attach(self) -> None:
+        if self.protocol.producer is None and self.protocol.channel is not None:
+            self.protocol.registerProducer(self, True)
+            self.attached = True
+
+    def detach(self) -> None:
+        # After a lost connection Twisted has already let go of the request's channel.
+        if self.attached and self.protocol.producer is self and self.protocol.channel is not None:
+            self.protocol.unregisterProducer()
+        self.attached = False
+
+    # IPushProducer, called by Twisted on the event loop's thread
+    def pauseProducing(self):
+        self.writable.clear()
+
+    def resumeProducing(self):
+        self.writable.set()
+
+    def stopProducing(self):
+        self.writable.set()
+
+
+def watch_for_shutdown() -> None:
+    """Under Daphne, mark the process as stopping as soon as Twisted starts to shut down,
+    before Daphne cancels the applications in flight."""
+    reactor_module = sys.modules.get("twisted.internet.reactor")
+    if reactor_module is not None:
+        reactor_module.addSystemEventTrigger("before", "shutdown", stopping.set)
 
 
 # Young-generation threshold: Python's default (700 allocations) collects every couple

@@ -8,9 +8,11 @@ class GatewayError(Exception):
     code: str | None = None
     kind = "internal"  # short slug stored in the request log
 
-    def __init__(self, message: str, *, status=None, type=None, code=None, param=None, headers=None, kind=None):
+    def __init__(self, message: str, *, status=None, type=None, code=None, param=None, headers=None, kind=None,
+                 log_message=None):
         super().__init__(message)
-        self.message = message
+        self.message = message  # what the client sees: never a provider name, base URL or key
+        self.log_message = log_message  # what the request log keeps instead, when it knows more
         self.status = status or self.status
         self.type = type or self.type
         self.code = code if code is not None else self.code
@@ -51,6 +53,13 @@ class RateLimited(GatewayError):
     status, type, code, kind = 429, "rate_limit_error", "rate_limit_exceeded", "rate_limited"
 
 
+class ServiceUnavailable(GatewayError):
+    """Nothing can serve the request right now, by the gateway's own doing (e.g. every
+    target of the model is disabled or cooling down): temporary, worth retrying later."""
+
+    status, type, code, kind = 503, "api_error", "service_unavailable", "unavailable"
+
+
 class UpstreamError(GatewayError):
     """The upstream answered with an error status; the client gets that status and message."""
 
@@ -71,5 +80,8 @@ class UpstreamStreamError(GatewayError):
     status, type, code, kind = 502, "upstream_error", "stream_interrupted", "stream_cut"
 
 
-def openai_error_body(err: GatewayError) -> dict:
-    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+class UpstreamCredentialsRejected(GatewayError):
+    """Every provider key the gateway tried was refused (401/403): the gateway's fault, not the
+    client's, so not a 401 the client's SDK would blame on the client's own key."""
+
+    status, type, code, kind = 502, "upstream_error", "upstream_credentials_rejected", "upstream_auth"

@@ -1,5 +1,4 @@
 """Redis clients: one synchronous, one asyncio per event loop, both from settings.REDIS_URL."""
-import asyncio
 from functools import cache
 
 import redis
@@ -15,13 +14,13 @@ def sync_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, **_TIMEOUTS)
 
 
-_async_clients: dict[int, aioredis.Redis] = {}
+def new_async_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.REDIS_URL, **_TIMEOUTS)
 
 
 def async_client() -> aioredis.Redis:
-    # asyncio connections belong to the loop that made them.
-    loop_id = id(asyncio.get_running_loop())
-    client = _async_clients.get(loop_id)
-    if client is None:
-        client = _async_clients[loop_id] = aioredis.Redis.from_url(settings.REDIS_URL, **_TIMEOUTS)
-    return client
+    """The running loop's async client (asyncio connections belong to the loop that made
+    them: see llmgateway/runtime.py)."""
+    from .runtime import current
+
+    return current().redis

@@ -153,7 +153,14 @@ GATEWAY_EXPOSE_ROUTING_HEADERS = env.bool("GATEWAY_EXPOSE_ROUTING_HEADERS", defa
 GATEWAY_UPSTREAM_TRANSPORT = env("GATEWAY_UPSTREAM_TRANSPORT", default="aiohttp")
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_STREAM_IDLE_TIMEOUT_S = env.float("GATEWAY_STREAM_IDLE_TIMEOUT_S", default=120.0)
+# The whole request, every attempt and the whole stream included. (A provider's own
+# timeout_s bounds the wait for the first byte of each attempt.)
 GATEWAY_TOTAL_TIMEOUT_S = env.float("GATEWAY_TOTAL_TIMEOUT_S", default=900.0)
+# On SIGTERM: how long requests in flight may take to finish before streams are ended
+# with an error event.
+GATEWAY_STOP_GRACE_S = env.float("GATEWAY_STOP_GRACE_S", default=20.0)
+# A client that reads nothing of its stream for this long is disconnected.
+GATEWAY_SLOW_CLIENT_TIMEOUT_S = env.float("GATEWAY_SLOW_CLIENT_TIMEOUT_S", default=60.0)
 GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)

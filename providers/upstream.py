@@ -1,15 +1,16 @@
-"""The shared upstream HTTP client: one pooled httpx.AsyncClient per process and event loop."""
-import asyncio
-import atexit
+"""The shared upstream HTTP client (one pooled httpx.AsyncClient per event loop), and the
+classification of upstream failures: every way an upstream call can fail becomes one
+`Failure` value, in one place, that the attempt loop acts on."""
+import email.utils
 import logging
+import socket
+import time
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
 
 log = logging.getLogger(__name__)
-
-_clients: dict[int, httpx.AsyncClient] = {}
-_loops: dict[int, asyncio.AbstractEventLoop] = {}
 
 # Generous pool: a gateway process holds one connection per in-flight upstream request.
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
@@ -25,37 +26,13 @@ def make_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> ht
     return httpx.AsyncClient(limits=LIMITS, timeout=timeout, trust_env=False)
 
 
-def shared_client(transport: str = "aiohttp", connect_timeout: float = 10.0) -> httpx.AsyncClient:
-    """The process's client for the running event loop, created on first use."""
-    loop_id = id(asyncio.get_running_loop())
-    client = _clients.get(loop_id)
-    if client is None:
-        client = _clients[loop_id] = make_client(transport, connect_timeout)
-        _loops[loop_id] = asyncio.get_running_loop()
-    return client
-
-
-async def close_shared_client() -> None:
-    """Close the running loop's client (for loops that end: tests, scripts)."""
-    loop_id = id(asyncio.get_running_loop())
-    _loops.pop(loop_id, None)
-    client = _clients.pop(loop_id, None)
-    if client is not None:
-        await client.aclose()
-
-
-@atexit.register
-def _close_at_exit():
-    """Close pooled connections on a graceful stop, rather than leave them to the
-    garbage collector (which logs every unclosed aiohttp session as an error)."""
-    for loop_id, client in list(_clients.items()):
-        loop = _loops.pop(loop_id)
-        if not loop.is_closed() and not loop.is_running():
-            try:
-                loop.run_until_complete(client.aclose())
-            except Exception:  # exiting anyway
-                pass
-        del _clients[loop_id]
+def is_dns_error(exc: BaseException) -> bool:
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, (socket.gaierror, aiohttp.ClientConnectorDNSError)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -67,3 +44,78 @@ def is_timeout(exc: BaseException) -> bool:
     if isinstance(cause, aiohttp.ClientError):
         return isinstance(cause, TimeoutError)
     return isinstance(exc, httpx.TimeoutException)
+
+
+# Statuses worth trying again elsewhere when the route does not say otherwise.
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+AUTH_STATUS = frozenset({401, 403})
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One classified upstream failure.
+
+    kind: connect, dns, timeout, status, redirect, auth, bad_answer, protocol.
+    retryable: another attempt (elsewhere) may succeed.
+    rotate_key: the provider key was refused: try another key, cool this one.
+    cool_until: epoch seconds the upstream asked us to wait until (Retry-After), if any.
+    detail: what happened, for the request log only (it may name the provider).
+    """
+
+    kind: str
+    retryable: bool
+    status: int | None = None
+    rotate_key: bool = False
+    cool_until: float | None = None
+    detail: str = ""
+    upstream_message: str = ""  # the upstream's own error message (provider key scrubbed)
+
+
+def classify_status(status: int, headers, upstream_message: str = "", retry_on=frozenset(),
+                    now: float | None = None) -> Failure:
+    """A failure for an upstream answer with a status outside 2xx."""
+    cool_until = retry_after(headers, now)
+    detail = f"upstream answered {status}"
+    if 300 <= status < 400:  # redirects are never followed: the upstream is misconfigured
+        return Failure("redirect", retryable=True, status=status, detail=detail + " (a redirect, not followed)")
+    if status in AUTH_STATUS:
+        return Failure("auth", retryable=True, status=status, rotate_key=True, cool_until=cool_until,
+                       detail=detail + " (provider key refused)", upstream_message=upstream_message)
+    retryable = status in (retry_on or RETRYABLE_STATUS) or (not retry_on and status >= 500)
+    return Failure("status", retryable=retryable, status=status, cool_until=cool_until,
+                   detail=f"{detail}: {upstream_message}" if upstream_message else detail,
+                   upstream_message=upstream_message)
+
+
+def classify_exception(exc: BaseException) -> Failure:
+    """A failure for an exception raised while sending or reading (either transport)."""
+    name = type(exc).__name__
+    if is_timeout(exc):
+        return Failure("timeout", retryable=True, detail=f"timed out ({name})")
+    if is_dns_error(exc):
+        return Failure("dns", retryable=True, detail=f"host name not resolved ({name})")
+    connect_errors = (httpx.ConnectError, httpx.ConnectTimeout, aiohttp.ClientConnectorError, ConnectionRefusedError)
+    if isinstance(exc, connect_errors) or isinstance(exc.__cause__, connect_errors):
+        return Failure("connect", retryable=True, detail=f"could not connect ({name})")
+    if isinstance(exc, (ValueError, aiohttp.ClientResponseError, httpx.DecodingError)):
+        return Failure("bad_answer", retryable=True, detail=f"malformed answer ({name})")
+    return Failure("protocol", retryable=True, detail=f"connection failed ({name}: {exc})"[:300])
+
+
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def retry_after(headers, now: float | None = None) -> float | None:
+    """Epoch seconds from a Retry-After header (seconds or an HTTP date), capped."""
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    now = time.time() if now is None else now
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError):
+            return None
+    return now + min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

@@ -1,30 +1,55 @@
-"""The /v1 views: parse, delegate to the proxy pipeline, return. Mounted by llmgateway/api.py."""
-from django.http import JsonResponse
+"""The /v1 views, derived from the endpoint registry: parse, delegate to the pipeline, return.
+Mounted by llmgateway/api.py."""
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from llmgateway.errors import ModelNotFound
+from llmgateway.errors import InvalidRequest, ModelNotFound, UnsupportedMediaType
+from providers.wire.jsonbody import NotJson, load_body
 
 from . import proxy
+from .endpoints import ENDPOINTS, Endpoint
 
 router = Router()
 
 # Path variants (/v1beta/openai/chat/completions, /api/v1/models, ...) arrive here as
-# their /v1 form: llmgateway.asgi rewrites them.
+# their /v1 form: llmgateway.asgi rewrites them (see endpoints.canonical_path).
 
 
-@router.api_operation(["POST"], "/chat/completions")
-async def chat_completions(request):
-    return await proxy.handle(request, request.auth_snapshot, request.gateway_call, "chat")
+def parse_body(request) -> dict:
+    """The request's JSON object: standard JSON only, an object at the top."""
+    content_type = request.content_type
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not '{content_type}'.")
+    try:
+        body = load_body(request.body)
+    except NotJson as exc:
+        raise InvalidRequest(str(exc)) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
 
 
-@router.api_operation(["POST"], "/completions")
-async def completions(request):
-    return await proxy.handle(request, request.auth_snapshot, request.gateway_call, "completions")
+def to_response(outcome: proxy.Outcome):
+    if outcome.stream is not None:
+        return StreamingHttpResponse(outcome.stream, status=outcome.status, headers=outcome.headers)
+    return HttpResponse(outcome.body, status=outcome.status, content_type="application/json",
+                        headers=outcome.headers)
 
 
-@router.api_operation(["POST"], "/embeddings")
-async def embeddings(request):
-    return await proxy.handle(request, request.auth_snapshot, request.gateway_call, "embeddings")
+def proxy_view(endpoint: Endpoint):
+    async def view(request):
+        inbound = proxy.Inbound(endpoint=endpoint, body=parse_body(request), raw=request.body, headers={},
+                                key=request.auth, record=request.gateway_record)
+        return to_response(await proxy.serve(inbound))
+
+    view.__name__ = f"proxy_{endpoint.name}"
+    return view
+
+
+for _endpoint in ENDPOINTS.values():
+    if _endpoint.proxied:
+        router.add_api_operation(_endpoint.path.removeprefix("/v1"), [_endpoint.method], proxy_view(_endpoint),
+                                 operation_id=_endpoint.name)
 
 
 def _model_object(route, model_id: str) -> dict:
@@ -32,11 +57,10 @@ def _model_object(route, model_id: str) -> dict:
 
 
 def _answer(request, payload: dict) -> JsonResponse:
-    call = request.gateway_call
+    record = request.gateway_record
     response = JsonResponse(payload)
-    response["x-request-id"] = call.request_id
-    call.log.status = 200
-    call.finish()
+    response["x-request-id"] = record.request_id
+    record.end(200)
     return response
 
 
@@ -55,8 +79,8 @@ async def list_models(request):
 @router.api_operation(["GET"], "/models/{path:model_id}")
 async def retrieve_model(request, model_id: str):
     route = request.auth_snapshot.route(model_id)
-    request.gateway_call.log.model_requested = model_id
+    request.gateway_record.log.model_requested = model_id
     if route is None or not request.auth.may_use(route.id):
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
-    request.gateway_call.log.route = route.name
+    request.gateway_record.log.route = route.name
     return _answer(request, _model_object(route, model_id))

@@ -26,6 +26,8 @@ log = logging.getLogger("routing.logwriter")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-name", help="the database the gateway process uses (its test database, say)")
+    parser.add_argument("--ack", action="store_true",
+                        help="report on stdout how many rows are written, so the gateway can forget them")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -39,12 +41,14 @@ def main(argv=None) -> int:
 
     if args.database_name:
         connections["default"].settings_dict["NAME"] = args.database_name
-    return Writer(sys.stdin.buffer.raw, settings.GATEWAY_LOG_QUEUE_MAX).run()
+    return Writer(sys.stdin.buffer.raw, settings.GATEWAY_LOG_QUEUE_MAX,
+                  acks=os.fdopen(sys.stdout.fileno(), "wb", buffering=0) if args.ack else None).run()
 
 
 class Writer:
-    def __init__(self, source, max_pending: int):
+    def __init__(self, source, max_pending: int, acks=None):
         self.source = source
+        self.acks = acks
         self.max_pending = max_pending
         self.pending: deque = deque()
         self.lost = 0
@@ -95,28 +99,45 @@ class Writer:
                 log.warning("request log write failed (%s); %d rows kept", type(exc).__name__, len(self.pending))
                 connections.close_all()
                 return False
-            except DatabaseError:  # something in these rows: write them one by one, skip the bad
+            except Exception:  # something in these rows: write them one by one, store the bad plainly
                 if not self._write_one_by_one(batch):
                     connections.close_all()
                     return False
             for _ in batch:
                 self.pending.popleft()
+            self._ack(len(batch))
         return True
+
+    def _ack(self, count: int) -> None:
+        if self.acks is not None:
+            from .requestlog import _FRAME_HEADER
+
+            try:
+                self.acks.write(_FRAME_HEADER.pack(count))
+            except OSError:  # the gateway is gone; it will not resend anything
+                self.acks = None
 
     def _write_one_by_one(self, batch) -> bool:
         """Rows are unique by request id, so writing some of them again is harmless."""
-        from django.db import DatabaseError, InterfaceError, OperationalError
+        from django.db import InterfaceError, OperationalError
 
-        from .requestlog import write_rows
+        from .requestlog import write_minimal_row, write_rows
 
         for entry in batch:
             try:
                 write_rows([entry])
             except (OperationalError, InterfaceError):
                 return False
-            except DatabaseError:
-                self.lost += 1
-                log.exception("request log row %s could not be written; skipped", entry.request_id)
+            except Exception:
+                log.exception("request log row %s could not be written in full; storing it without details",
+                              entry.request_id)
+                try:
+                    write_minimal_row(entry)
+                except (OperationalError, InterfaceError):
+                    return False
+                except Exception:
+                    self.lost += 1
+                    log.exception("request log row %s could not be written; skipped", entry.request_id)
         return True
 
 

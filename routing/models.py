@@ -107,6 +107,8 @@ class RequestLog(models.Model):
     error_message = models.TextField(blank=True)
     request_body = models.TextField(blank=True)
     response_body = models.TextField(blank=True)
+    sanitized = models.BooleanField(
+        default=False, help_text="Some text was changed (or dropped) so that the database could store the row.")
 
     class Meta:
         ordering = ["-created_at"]

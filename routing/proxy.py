@@ -1,151 +1,268 @@
 """The proxy pipeline: one client request, in one direction, from parsed body to relayed answer.
 
-    body ─▶ route ─▶ ordered targets ─▶ prompt rules ─▶ adapter request ─▶ upstream
-    failure before the client got a byte ─▶ next target; afterwards ─▶ error event.
+    inbound ─▶ validate ─▶ route ─▶ ordered targets ─▶ prompt rules ─▶ adapter request ─▶ upstream
+    failure before the client got a byte ─▶ classified ─▶ next attempt; afterwards ─▶ error event.
+
+`serve(inbound) -> Outcome` knows nothing of Django requests or responses: a view adapts an
+HTTP request to it, a Celery task can call it directly (inside `runtime.opened()`).
 """
 import asyncio
 import itertools
 import json
-import os
+import logging
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 from django.conf import settings
-from django.http import HttpResponse, StreamingHttpResponse
 
 from keys.auth import KeyEntry
+from llmgateway import runtime
+from llmgateway.apihandler import stopping
 from llmgateway.errors import (
-    GatewayError, InvalidRequest, UnsupportedMediaType, UpstreamError, UpstreamStreamError,
-    UpstreamTimeout, UpstreamUnavailable,
+    GatewayError, InvalidRequest, ServiceUnavailable, UpstreamCredentialsRejected, UpstreamError,
+    UpstreamStreamError, UpstreamTimeout, UpstreamUnavailable,
 )
 from providers.adapters import ADAPTERS
-from providers.upstream import is_timeout, shared_client
+from providers.upstream import Failure, classify_exception, classify_status
+from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 
-from . import requestlog
-from .requestlog import LogEntry
+from .endpoints import Endpoint
+from .record import RequestRecord, close_quietly
 from .resolve import find_route, order_targets
 from .rules import apply_rules
-from .snapshot import ProviderEntry, RouteEntry, Snapshot, TargetEntry
+from .snapshot import ProviderEntry, ProviderKeyEntry, RouteEntry, TargetEntry
 
-# The field each endpoint cannot do without.
-REQUIRED_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
-STREAMING = frozenset({"chat", "completions"})
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+log = logging.getLogger(__name__)
+
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Before trying the same target again (when it is the only one left): a short backoff
+# with jitter, or the upstream's Retry-After when shorter than this cap.
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 2.0
 
 _key_turns: dict[int, itertools.count] = {}  # provider id -> counter, for taking keys in turn
 
 
 @dataclass(slots=True)
-class Call:
-    """One client request as it passes through the gateway; becomes its request-log row."""
+class Inbound:
+    """A client request, as the pipeline needs it."""
 
-    log: LogEntry
-    started: float  # perf_counter
-    key: KeyEntry | None = None
-    upstream_s: float = 0.0  # time spent waiting on upstreams
-
-    @classmethod
-    def begin(cls, request, endpoint: str) -> "Call":
-        meta = request.META
-        entry = LogEntry(request_id=f"req_{os.urandom(16).hex()}", started_at=time.time(), endpoint=endpoint,
-                         client_ip=meta.get("REMOTE_ADDR") or None)
-        return cls(log=entry, started=time.perf_counter())
-
-    @property
-    def request_id(self) -> str:
-        return self.log.request_id
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-    def overhead_ms(self) -> float:
-        return max(self.elapsed_ms() - self.upstream_s * 1000, 0.0)
-
-    def fail(self, err: GatewayError) -> None:
-        """Record the request as failed with `err`."""
-        self.log.status = err.status
-        self.log.error_kind = err.kind
-        self.log.error_message = err.message
-        self.finish()
-
-    def finish(self) -> None:
-        self.log.latency_ms = self.elapsed_ms()
-        if self.log.overhead_ms is None:
-            self.log.overhead_ms = self.overhead_ms()
-        self.log.log_bodies = self.key is not None and self.key.log_bodies
-        requestlog.queue.record(self.log)
+    endpoint: Endpoint
+    body: dict
+    raw: bytes
+    headers: dict[str, str]  # lower-case names: only those the pipeline reads
+    key: KeyEntry
+    record: RequestRecord
 
 
-def parse_body(request, endpoint: str) -> dict:
-    """The request's JSON object, checked for what the endpoint needs."""
-    content_type = request.content_type
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, not '{content_type}'.")
+@dataclass(slots=True)
+class Outcome:
+    """What the client gets: a complete JSON answer, or a stream of SSE bytes."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+class AttemptFailed(Exception):
+    def __init__(self, failure: Failure):
+        self.failure = failure
+
+
+async def serve(inbound: Inbound) -> Outcome:
+    """Serve one authenticated request. Never raises for the client's or an upstream's
+    faults: those become an Outcome in the client's protocol, and end the record."""
+    codec = CODECS[inbound.endpoint.wire]
     try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+        return await _serve(inbound, codec)
+    except GatewayError as err:
+        return error_outcome(inbound.record, codec, err)
+    except Exception:
+        log.exception("unexpected error serving %s", inbound.record.request_id)
+        return error_outcome(inbound.record, codec,
+                             GatewayError("The gateway hit an internal error.", code="internal_error"))
+
+
+def error_outcome(record: RequestRecord, codec, err: GatewayError) -> Outcome:
+    """The error in the client's protocol; the record ends with it."""
+    record.fail(err)
+    return Outcome(err.status, {"x-request-id": record.request_id, **err.headers}, error_json(codec, err))
+
+
+def error_json(codec, err: GatewayError) -> bytes:
+    """An error body in the codec's format."""
+    return json.dumps(codec.error_body(err.status, err.type, err.message, err.code, err.param)).encode()
+
+
+def error_event(codec, err: GatewayError) -> bytes:
+    """A mid-stream error event in the codec's format."""
+    return codec.error_event(err.status, err.type, err.message, err.code, err.param)
+
+
+async def _serve(inbound: Inbound, codec) -> Outcome:
+    endpoint, record = inbound.endpoint, inbound.record
+    body = inbound.body
+    record.log.body = body
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_model")
-    field = REQUIRED_FIELD[endpoint]
-    if body.get(field) is None:
-        raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    return body
+    record.log.model_requested = model
+    if endpoint.required and body.get(endpoint.required) is None:
+        raise InvalidRequest(f"Missing required parameter: '{endpoint.required}'.", param=endpoint.required,
+                             code="missing_required_parameter")
+    try:
+        _validate(codec, endpoint, body)
+    except InvalidField as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from None
 
-
-async def handle(request, snapshot: Snapshot, call: Call, endpoint: str):
-    """Serve one /v1 request that has already been authenticated."""
-    body = parse_body(request, endpoint)
-    call.log.body = body
-    model = body["model"]
-    call.log.model_requested = model
-    route = find_route(snapshot, model, call.key)
-    call.log.route = route.name
-    body = call.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
-    stream = body.get("stream") is True and endpoint in STREAMING
-    call.log.stream = stream
+    snapshot = await runtime.current().snapshot()
+    route = find_route(snapshot, model, inbound.key)
+    record.log.route = route.name
+    body = record.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
+    stream = endpoint.streams and body.get("stream") is True
+    record.log.stream = stream
     targets = order_targets(route)
     if not targets:
-        raise UpstreamUnavailable(f"The model '{model}' has no enabled upstream target.", code="no_targets")
+        raise ServiceUnavailable(f"The model '{model}' has no upstream available right now; try again later.",
+                                 code="no_targets", headers={"Retry-After": "30"},
+                                 log_message=f"route {route.name}: every target is disabled")
+    return await _attempts(inbound, codec, body, route, targets, stream)
 
-    last_error: GatewayError | None = None
-    for attempt in range(route.max_attempts):
-        target = targets[attempt % len(targets)]
-        call.log.attempts = attempt + 1
-        call.log.provider = target.provider.name
-        call.log.upstream_model = target.upstream_model
-        call.log.price = target.price
+
+def _validate(codec, endpoint: Endpoint, body: dict) -> None:
+    """The client's codec checks what the gateway reads; OpenAI's completions and
+    embeddings share chat's format but not its messages."""
+    if endpoint.required == "messages" or endpoint.wire != "openai_chat":
+        codec.validate_request(body)
+    else:
+        for name in ("max_tokens", "max_completion_tokens"):
+            require_positive_int(body, name)
+        require_bool(body, "stream")
+
+
+async def _attempts(inbound: Inbound, codec, body: dict, route: RouteEntry, targets: list[TargetEntry],
+                    stream: bool) -> Outcome:
+    """Try the targets in order, within the request's one deadline, until one answers."""
+    record = inbound.record
+    deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT_S - (record.elapsed_ms() / 1000)
+    failures: list[tuple[TargetEntry, Failure]] = []
+    excluded: set[int] = set()  # targets not worth another attempt in this request
+    refused_keys: set[int] = set()  # provider keys refused in this request
+    previous: TargetEntry | None = None
+    cursor = 0
+    attempts = 0
+    while attempts < route.max_attempts:
+        target, cursor = _next_target(targets, cursor, excluded, previous, failures, refused_keys)
+        if target is None:
+            break
+        provider = target.provider
+        if provider.unusable:  # e.g. its keys cannot be decrypted: never call it without them
+            failures.append((target, Failure("config", retryable=True, detail=provider.unusable)))
+            excluded.add(target.id)
+            continue
+        key = _pick_key(provider, refused_keys)
+        if key is False:
+            excluded.add(target.id)
+            continue
+        if target is previous and not failures[-1][1].rotate_key:
+            await _back_off(attempts, failures[-1][1], deadline)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        attempts += 1
+        record.log.attempts = attempts
+        record.log.provider = provider.name
+        record.log.upstream_model = target.upstream_model
+        record.log.price = target.price
         try:
-            return await _attempt(call, endpoint, body, route, target, stream)
-        except GatewayError as err:
-            last_error = err
-            if not _worth_retrying(err, route):
-                raise
-    raise last_error
+            return await _attempt(inbound, codec, body, target, key, stream, min(provider.timeout_s, remaining),
+                                  deadline, route.retry_on_status)
+        except AttemptFailed as exc:
+            failure = exc.failure
+            failures.append((target, failure))
+            if not failure.retryable:
+                raise _client_error(failures) from None
+            if failure.rotate_key and key is not None:
+                refused_keys.add(key.id)
+            if failure.kind == "timeout":  # a timed-out generation is not started again there
+                excluded.add(target.id)
+            previous = target
+    if not failures:
+        raise ServiceUnavailable("The request's time limit ran out before an upstream could be tried.",
+                                 code="deadline_exceeded")
+    raise _client_error(failures)
 
 
-def _worth_retrying(err: GatewayError, route: RouteEntry) -> bool:
-    if isinstance(err, (UpstreamUnavailable, UpstreamTimeout)):
-        return True
-    if isinstance(err, UpstreamError):
-        return err.status in (route.retry_on_status or RETRY_STATUS)
-    return False
+def _next_target(targets, cursor, excluded, previous, failures, refused_keys):
+    """The next target to try and the new cursor; the one that just failed only when no
+    other is left, or again with another key when its key was refused."""
+    if previous is not None and failures and failures[-1][1].rotate_key and previous.id not in excluded:
+        if _pick_key(previous.provider, refused_keys) not in (None, False):
+            return previous, cursor
+    candidates = [t for t in targets if t.id not in excluded]
+    if not candidates:
+        return None, cursor
+    for step in range(len(targets)):
+        target = targets[(cursor + step) % len(targets)]
+        if target.id in excluded or (target is previous and len(candidates) > 1):
+            continue
+        return target, cursor + step + 1
+    return None, cursor
 
 
-def _next_key(provider: ProviderEntry) -> str | None:
+def _pick_key(provider: ProviderEntry, refused: set[int]) -> ProviderKeyEntry | None | bool:
+    """The next provider key in turn; None when the provider needs none; False when every
+    key was refused in this request."""
     if not provider.keys:
         return None
+    usable = [k for k in provider.keys if k.id not in refused]
+    if not usable:
+        return False
     turn = next(_key_turns.setdefault(provider.id, itertools.count()))
-    return provider.keys[turn % len(provider.keys)].secret
+    return usable[turn % len(usable)]
+
+
+async def _back_off(attempt: int, failure: Failure, deadline: float) -> None:
+    delay = min(BACKOFF_BASE_S * (2 ** attempt), BACKOFF_CAP_S) * random.uniform(0.5, 1.0)
+    if failure.cool_until is not None:
+        delay = min(max(failure.cool_until - time.time(), delay), BACKOFF_CAP_S)
+    await asyncio.sleep(max(min(delay, deadline - time.monotonic() - 0.05), 0))
+
+
+def _client_error(failures: list[tuple[TargetEntry, Failure]]) -> GatewayError:
+    """What the client hears after the last failure: nothing that names a provider, a base
+    URL or a key; the request log keeps the details (found by the request id)."""
+    log_message = "; ".join(f"{t.provider.name}/{t.upstream_model}: {f.detail}" for t, f in failures)[:2000]
+    last = failures[-1][1]
+    if all(f.kind == "auth" for _, f in failures):
+        return UpstreamCredentialsRejected(
+            "The upstream provider rejected the gateway's credentials. This is not a problem with your API key; "
+            "the gateway's operator must fix the provider key.", log_message=log_message)
+    if all(f.kind == "config" for _, f in failures):
+        return ServiceUnavailable("No upstream of this model is usable right now (a configuration problem "
+                                  "the gateway's operator must fix).", code="no_usable_upstream",
+                                  log_message=log_message)
+    if last.kind == "status":
+        headers = {}
+        if last.cool_until is not None:
+            headers["Retry-After"] = str(max(int(last.cool_until - time.time() + 0.999), 0))
+        return UpstreamError(last.upstream_message or f"The upstream answered with status {last.status}.",
+                             status=last.status, code=f"upstream_{last.status}", headers=headers,
+                             log_message=log_message)
+    if last.kind == "timeout":
+        return UpstreamTimeout("The upstream did not answer in time.", log_message=log_message)
+    if last.kind in ("connect", "dns"):
+        return UpstreamUnavailable("The upstream could not be reached.", log_message=log_message)
+    if last.kind in ("auth", "config"):
+        return UpstreamUnavailable("No upstream could serve the request.", code="upstream_failed",
+                                   log_message=log_message)
+    return UpstreamUnavailable("The upstream's answer was not valid.", code="upstream_bad_answer",
+                               kind="upstream_bad_answer", log_message=log_message)
 
 
 def _scrub(text: str, secret: str | None) -> str:
@@ -153,71 +270,72 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret and secret in text else text
 
 
-async def _attempt(call: Call, endpoint: str, body: dict, route: RouteEntry, target: TargetEntry, stream: bool):
+async def _attempt(inbound: Inbound, codec, body: dict, target: TargetEntry, key: ProviderKeyEntry | None,
+                   stream: bool, first_byte_timeout: float, deadline: float, retry_on: frozenset[int]) -> Outcome:
+    record = inbound.record
     provider = target.provider
     adapter = ADAPTERS.get(provider.type)
     if adapter is None:
-        raise UpstreamUnavailable(f"Provider type '{provider.type}' is not supported yet.", code="unsupported_provider")
-    api_key = _next_key(provider)
-    upstream = adapter.build_request(endpoint, body, upstream_model=target.upstream_model,
-                                     base_url=provider.base_url, api_key=api_key,
+        raise AttemptFailed(Failure("config", retryable=True, detail=f"provider type {provider.type} not supported"))
+    secret = key.secret if key is not None else None
+    upstream = adapter.build_request(inbound.endpoint.name, body, upstream_model=target.upstream_model,
+                                     base_url=provider.base_url, api_key=secret,
                                      extra_headers=provider.extra_headers)
-    client = shared_client(settings.GATEWAY_UPSTREAM_TRANSPORT, settings.GATEWAY_CONNECT_TIMEOUT_S)
-    read_timeout = settings.GATEWAY_STREAM_IDLE_TIMEOUT_S if stream else provider.timeout_s
+    client = runtime.current().client
+    # No read timeout of the transport's own: the first byte has its timeout, the gaps
+    # between stream events theirs (see _relay), each enforced here.
     request = client.build_request(
         upstream.method, upstream.url, headers=upstream.headers, content=upstream.content,
-        timeout=httpx.Timeout(settings.GATEWAY_CONNECT_TIMEOUT_S, read=read_timeout),
+        timeout=httpx.Timeout(settings.GATEWAY_CONNECT_TIMEOUT_S, read=None),
     )
     sent = time.perf_counter()
-    response = None
+    response = relay = chunks = first = None
     try:
-        # The provider's timeout bounds the wait for the first byte: the whole answer
-        # when not streaming, the first event when streaming.
-        async with asyncio.timeout(provider.timeout_s):
-            response = await client.send(request, stream=True)
-            if response.status_code >= 400:
-                content = await _read_limited(response)
-                message = _scrub(adapter.error_message(content), api_key)
-                raise UpstreamError(
-                    f"Upstream provider '{provider.name}' answered {response.status_code}: {message}",
-                    status=response.status_code, code=f"upstream_{response.status_code}",
-                    headers=_retry_after(response),
-                )
-            if stream:
-                chunks = response.aiter_raw()
-                relay = adapter.stream_relay(_client_wants_usage(body))
-                first = await _first_event(chunks, relay)
-            else:
-                content = await response.aread()
-    except GatewayError:
+        try:
+            async with asyncio.timeout(first_byte_timeout):
+                response = record.upstream = await client.send(request, stream=True)
+                if not 200 <= response.status_code < 300:
+                    content = await _read_limited(response)
+                    message = _scrub(codec.read_error(content), secret)
+                    raise AttemptFailed(classify_status(response.status_code, response.headers, message,
+                                                        retry_on=retry_on))
+                if stream:
+                    relay = codec.StreamRelay(_client_wants_usage(body), secret)
+                    chunks = response.aiter_raw()
+                    first = await _first_event(chunks, relay)
+            if not stream:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    content = await response.aread()
+                if not _looks_whole(content):
+                    raise AttemptFailed(Failure("bad_answer", retryable=True,
+                                                detail="malformed answer (not a whole JSON object)"))
+        except AttemptFailed:
+            raise
+        except Exception as exc:
+            raise AttemptFailed(classify_exception(exc)) from None
+    except AttemptFailed:
+        record.upstream = None
         await _close(response)
         raise
-    except (httpx.HTTPError, TimeoutError, OSError) as exc:
-        await _close(response)
-        raise _transport_error(exc, provider) from None
     finally:
-        call.upstream_s += time.perf_counter() - sent
+        record.upstream_s += time.perf_counter() - sent
 
-    # The log writer reads usage (or estimates it) from the answer, in its own process.
-    call.log.adapter = provider.type
+    log = record.log
+    log.wire = adapter.wire  # the log writer reads usage (or estimates it) from the answer, in its own process
+    log.status = response.status_code
+    log.ttfb_ms = record.elapsed_ms()
+    log.overhead_ms = record.overhead_ms()
+    headers = _headers(record, target)
     if not stream:
-        await response.aclose()
-        call.log.status = response.status_code
-        call.log.response = content
-        call.log.ttfb_ms = call.elapsed_ms()
-        call.log.overhead_ms = call.overhead_ms()
-        out = HttpResponse(content, status=response.status_code, content_type="application/json")
-        _set_headers(out, call, target)
-        call.finish()
-        return out
-
-    call.log.status = response.status_code
-    call.log.ttfb_ms = call.elapsed_ms()
-    call.log.overhead_ms = call.overhead_ms()
-    out = StreamingHttpResponse(_relay(call, response, chunks, relay, first, adapter, api_key),
-                                content_type="text/event-stream", headers=SSE_HEADERS)
-    _set_headers(out, call, target)
-    return out
+        record.upstream = None
+        await _close(response)
+        log.response = content
+        record.end()
+        return Outcome(response.status_code, headers, content)
+    headers.update(SSE_HEADERS)
+    headers["Content-Type"] = "text/event-stream"
+    return Outcome(response.status_code, headers,
+                   stream=_relay(record, response, chunks, relay, first, codec, deadline))
 
 
 async def _first_event(chunks, relay) -> bytes:
@@ -229,59 +347,76 @@ async def _first_event(chunks, relay) -> bytes:
     raise httpx.RemoteProtocolError("upstream closed the stream before sending an event")
 
 
-async def _relay(call: Call, response, chunks, relay, first, adapter, api_key):
+async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, codec, deadline: float):
     """Pass upstream events to the client as they arrive; end with an error event on failure.
 
     Events that arrived together go out together: one write to the client per upstream
-    read, rather than one per event, which is most of the cost of a relay.
+    read, rather than one per event, which is most of the cost of a relay. Each read must
+    come within the idle timeout, and the whole stream within the request's deadline.
     """
-    deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT_S
+    idle = settings.GATEWAY_STREAM_IDLE_TIMEOUT_S
     error: GatewayError | None = None
+    read = chunks.__anext__
     try:
         yield first
-        async for chunk in chunks:
+        while True:
+            async with asyncio.timeout(min(idle, max(deadline - time.monotonic(), 0.001))):
+                try:
+                    chunk = await read()
+                except StopAsyncIteration:
+                    break
             relayed = relay.feed(chunk)
             if relayed:
                 yield relayed
-            if time.monotonic() > deadline:
-                raise TimeoutError("stream exceeded the total time limit")
         if not relay.finished:
             raise httpx.RemoteProtocolError("upstream ended the stream without finishing it")
         if relay.error:
-            error = UpstreamStreamError(_scrub(relay.error, api_key), kind="upstream_stream_error")
-    except (httpx.HTTPError, TimeoutError, OSError) as exc:
-        error = UpstreamStreamError(_stream_failure(exc))
-        yield adapter.error_event(error.message, error.type, error.code)
-    except (asyncio.CancelledError, GeneratorExit):
+            error = UpstreamStreamError(relay.error, kind="upstream_stream_error")
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            error = _client_left()
+            raise
+        # The server is stopping and the grace period is over: end the stream properly.
+        error = GatewayError("The gateway is shutting down; the stream was cut short.", status=503,
+                             code="server_shutting_down", kind="shutdown")
+        yield error_event(codec, error)
+    except GeneratorExit:
         # The client left: closing the upstream response below cancels the upstream request.
-        error = GatewayError("Client closed the connection before the stream ended.", status=499,
-                             kind="client_disconnected")
+        error = _client_left()
         raise
+    except Exception as exc:
+        failure = classify_exception(exc)
+        message = ("The upstream stream stalled and timed out." if failure.kind == "timeout"
+                   else "The upstream connection was lost mid-stream.")
+        error = UpstreamStreamError(message, log_message=failure.detail)
+        yield error_event(codec, error)
     finally:
+        record.upstream = None
         await chunks.aclose()
         await _close(response)
-        call.log.stream_events = relay.events_to_log(with_text=call.key.log_bodies)
+        record.log.stream_events = relay.events_to_log(with_text=record.key is not None and record.key.log_bodies)
         if error is not None:
-            call.fail(error)
+            record.fail(error)
         else:
-            call.finish()
+            record.end()
 
 
-def _stream_failure(exc: BaseException) -> str:
-    if is_timeout(exc):
-        return "The upstream stream stalled and timed out."
-    return "The upstream connection was lost mid-stream."
+def _client_left() -> GatewayError:
+    return GatewayError("Client closed the connection before the stream ended.", status=499,
+                        kind="client_disconnected")
+
+
+def _looks_whole(content: bytes) -> bool:
+    """Whether an answer looks like one whole JSON object. A cheap check of both ends (a full
+    parse would cost the hot path in proportion to the answer's size) that catches the
+    usual breakage: a cut answer, an HTML page with a 200."""
+    stripped = content.strip()
+    return stripped[:1] == b"{" and stripped[-1:] == b"}"
 
 
 def _client_wants_usage(body: dict) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _transport_error(exc: BaseException, provider: ProviderEntry) -> GatewayError:
-    if is_timeout(exc):
-        return UpstreamTimeout(f"Upstream provider '{provider.name}' did not answer in time.")
-    return UpstreamUnavailable(f"Upstream provider '{provider.name}' could not be reached.")
 
 
 async def _read_limited(response) -> bytes:
@@ -295,21 +430,14 @@ async def _read_limited(response) -> bytes:
 
 async def _close(response) -> None:
     if response is not None:
-        try:
-            await response.aclose()
-        except Exception:  # closing a broken connection may fail again; nothing to add
-            pass
+        await close_quietly(response)
 
 
-def _retry_after(response) -> dict:
-    value = response.headers.get("retry-after")
-    return {"Retry-After": value} if value else {}
-
-
-def _set_headers(out, call: Call, target: TargetEntry) -> None:
-    out["x-request-id"] = call.request_id
+def _headers(record: RequestRecord, target: TargetEntry) -> dict[str, str]:
+    headers = {"x-request-id": record.request_id}
     if settings.GATEWAY_EXPOSE_ROUTING_HEADERS:
-        out["x-gateway-provider"] = target.provider.name
-        out["x-gateway-upstream-model"] = target.upstream_model
-        out["x-gateway-attempts"] = str(call.log.attempts)
-        out["x-gateway-overhead-ms"] = f"{call.log.overhead_ms:.2f}"
+        headers["x-gateway-provider"] = target.provider.name
+        headers["x-gateway-upstream-model"] = target.upstream_model
+        headers["x-gateway-attempts"] = str(record.log.attempts)
+        headers["x-gateway-overhead-ms"] = f"{record.log.overhead_ms:.2f}"
+    return headers

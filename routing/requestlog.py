@@ -19,6 +19,7 @@ import logging
 import operator
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -33,8 +34,8 @@ from django.conf import settings
 from django.db import connections
 
 from providers import tokens
-from providers.adapters import ADAPTERS
 from providers.adapters.base import Usage
+from providers.wire import CODECS
 
 from .snapshot import Price
 
@@ -69,7 +70,7 @@ class LogEntry:
     error_message: str = ""
     # What the writer works usage and logged bodies out from, in its own process:
     usage: Usage | None = None  # when already known (else read from the answer by the writer)
-    adapter: str = ""  # the ADAPTERS key that reads `response` and `stream_events`
+    wire: str = ""  # the wire format (providers.wire.CODECS key) of `response` and `stream_events`
     response: bytes | None = None  # a non-streamed answer, as the upstream sent it
     stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
@@ -95,6 +96,10 @@ class RequestLogQueue:
         self._wake = threading.Event()
         self._stopping = False
         self._writer: subprocess.Popen | None = None
+        # Handed to the writer but not yet reported written: sent again to a new writer if
+        # this one dies before writing them.
+        self.unacked: deque[LogEntry] = deque()
+        self._acks = b""
 
     def record(self, entry: LogEntry) -> None:
         if len(self.entries) >= self.max_size:
@@ -129,6 +134,7 @@ class RequestLogQueue:
 
     def _hand_over(self) -> None:
         """Send everything queued to the writer (blocks while the writer is behind)."""
+        self._read_acks()
         while self.entries:
             batch = [self.entries.popleft() for _ in range(min(BATCH_SIZE, len(self.entries)))]
             try:
@@ -137,17 +143,47 @@ class RequestLogQueue:
                 pipe.flush()
             except OSError:
                 self.entries.extendleft(reversed(batch))
-                self._writer = None
+                self._writer_died()
                 raise
+            self.unacked.extend(batch)
+            self._read_acks()
+
+    def _read_acks(self) -> None:
+        """Forget the entries the writer reports written (it acknowledges counts, in order)."""
+        writer = self._writer
+        if writer is None:
+            return
+        fd = writer.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            self._acks += data
+        while len(self._acks) >= _FRAME_HEADER.size:
+            (count,) = _FRAME_HEADER.unpack(self._acks[:_FRAME_HEADER.size])
+            self._acks = self._acks[_FRAME_HEADER.size:]
+            for _ in range(min(count, len(self.unacked))):
+                self.unacked.popleft()
+        if writer.poll() is not None:
+            self._writer_died()
+
+    def _writer_died(self) -> None:
+        """What the dead writer had not written goes back to the front of the queue."""
+        if self.unacked:
+            log.error("request log writer died; handing %d unwritten rows to a new one", len(self.unacked))
+            self.entries.extendleft(reversed(self.unacked))
+            self.unacked.clear()
+        self._acks = b""
+        self._writer = None
 
     def _writer_pipe(self):
         if self._writer is None or self._writer.poll() is not None:
             # Its own session: a Ctrl-C or a signal to the gateway's process group must not
             # stop it before it has written what the gateway hands over on the way out.
             self._writer = subprocess.Popen(
-                [sys.executable, "-m", "routing.logwriter",
+                [sys.executable, "-m", "routing.logwriter", "--ack",
                  "--database-name", str(connections["default"].settings_dict["NAME"])],
-                stdin=subprocess.PIPE, cwd=settings.BASE_DIR, start_new_session=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=settings.BASE_DIR, start_new_session=True,
                 env={**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE",
                                                                               "llmgateway.settings")},
             )
@@ -212,11 +248,42 @@ def write_rows(batch: list[LogEntry]) -> None:
     RequestLog.objects.bulk_create([_row(e) for e in batch], ignore_conflicts=True)
 
 
+def write_minimal_row(e: LogEntry) -> None:
+    """The row of an entry whose full row cannot be stored: what happened, without bodies."""
+    from .models import RequestLog
+
+    RequestLog.objects.bulk_create([RequestLog(
+        request_id=e.request_id, created_at=datetime.fromtimestamp(e.started_at, tz=timezone.utc),
+        endpoint=_clean(e.endpoint)[0][:40], status=e.status, attempts=e.attempts, stream=e.stream,
+        virtual_key_id=e.virtual_key_id, error_kind=_clean(e.error_kind)[0][:40], sanitized=True,
+        error_message="This row could not be stored in full; its bodies and details were dropped.",
+    )], ignore_conflicts=True)
+
+
+def _clean(text: str) -> tuple[str, bool]:
+    """Text any database can store: no lone surrogates (an escaped "\\ud800" in a client's
+    JSON), no NUL characters (PostgreSQL refuses them). Returns the text and whether it changed."""
+    changed = False
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode("utf-8")
+            changed = True
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+        changed = True
+    return text, changed
+
+
 def _row(e: LogEntry):
     from .models import RequestLog
 
     usage, estimated = _resolve_usage(e)
-    request_body, response_body = _logged_bodies(e)
+    texts = [_clean(value) for value in (
+        *_logged_bodies(e), e.error_message[:2000], e.model_requested[:200], e.route, e.provider, e.upstream_model)]
+    request_body, response_body, error_message, model_requested, route, provider, upstream_model = (
+        text for text, _ in texts)
     cost = None
     if e.price is not None and usage is not None:
         cost = Decimal(repr(round(e.price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens), 8)))
@@ -225,10 +292,10 @@ def _row(e: LogEntry):
         created_at=datetime.fromtimestamp(e.started_at, tz=timezone.utc),
         endpoint=e.endpoint,
         virtual_key_id=e.virtual_key_id,
-        model_requested=e.model_requested[:200],
-        route=e.route,
-        provider=e.provider,
-        upstream_model=e.upstream_model,
+        model_requested=model_requested,
+        route=route,
+        provider=provider,
+        upstream_model=upstream_model,
         stream=e.stream,
         status=e.status,
         latency_ms=_round(e.latency_ms),
@@ -242,9 +309,10 @@ def _row(e: LogEntry):
         cost_usd=cost,
         client_ip=e.client_ip,
         error_kind=e.error_kind,
-        error_message=e.error_message[:2000],
+        error_message=error_message,
         request_body=request_body,
         response_body=response_body,
+        sanitized=any(changed for _, changed in texts),
     )
 
 
@@ -252,13 +320,13 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
     """The upstream's usage, else a tiktoken estimate (flagged), else None."""
     if e.usage is not None:
         return e.usage, False
-    adapter = ADAPTERS.get(e.adapter)
-    if adapter is None:
+    codec = CODECS.get(e.wire)
+    if codec is None:
         return None, False
     if e.response is not None:
-        usage = adapter.usage_from_response(e.response)
+        usage = codec.usage_from_answer(e.response)
     elif e.stream_events is not None:
-        usage = adapter.usage_from_events(e.stream_events)
+        usage = codec.usage_from_events(e.stream_events)
     else:
         usage = None
     if usage is not None:
@@ -268,14 +336,14 @@ def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
     model = e.upstream_model or e.model_requested
     return Usage(
         input_tokens=tokens.count_prompt_tokens(e.body, model),
-        output_tokens=tokens.count_completion_tokens(_output_text(e, adapter), model),
+        output_tokens=tokens.count_completion_tokens(_output_text(e, codec), model),
     ), True
 
 
-def _output_text(e: LogEntry, adapter) -> str:
+def _output_text(e: LogEntry, codec) -> str:
     if e.response is not None:
-        return adapter.text_from_response(e.response)
-    return adapter.text_from_events(e.stream_events or [])
+        return codec.text_from_answer(e.response)
+    return codec.text_from_events(e.stream_events or [])
 
 
 def _logged_bodies(e: LogEntry) -> tuple[str, str]:
@@ -283,8 +351,8 @@ def _logged_bodies(e: LogEntry) -> tuple[str, str]:
         return "", ""
     limit = settings.GATEWAY_LOG_BODY_MAX_CHARS
     request = truncated_json(e.body, limit) if e.body is not None else ""
-    if e.stream_events is not None and e.adapter in ADAPTERS:
-        response = truncated_json(ADAPTERS[e.adapter].text_from_events(e.stream_events), limit)
+    if e.stream_events is not None and e.wire in CODECS:
+        response = truncated_json(CODECS[e.wire].text_from_events(e.stream_events), limit)
     elif e.response is not None:
         response = truncated_json(e.response.decode("utf-8", "replace"), limit)
     else:

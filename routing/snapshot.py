@@ -23,6 +23,7 @@ from llmgateway.redis import async_client, sync_client
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "gw:config_version"
+UNDECRYPTABLE = "its provider keys cannot be decrypted with the configured ENCRYPTION_KEYS"
 # Rebuild at least this often even if the counter did not move (a lost bump, a
 # Redis outage): correctness must not hang on one INCR.
 MAX_AGE_S = 60.0
@@ -46,6 +47,7 @@ class ProviderEntry:
     weight: int
     extra_headers: tuple[tuple[str, str], ...]
     keys: tuple[ProviderKeyEntry, ...]
+    unusable: str = ""  # why the provider must not be called (e.g. its keys cannot be decrypted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Snapshot:
     keys_by_hash: MappingProxyType  # key hash -> KeyEntry
     routes_by_name: MappingProxyType  # name or alias -> RouteEntry
     routes: tuple[RouteEntry, ...]
+    unusable_providers: tuple[str, ...] = ()  # names of providers that must not be called
 
     def route(self, model: str) -> RouteEntry | None:
         return self.routes_by_name.get(model)
@@ -125,18 +128,22 @@ def build_snapshot(version: str = "") -> Snapshot:
 
     providers = {}
     for p in Provider.objects.filter(enabled=True).prefetch_related("keys"):
-        keys = []
+        keys, undecryptable = [], 0
         for k in p.keys.all():
             if not k.enabled:
                 continue
             try:
                 keys.append(ProviderKeyEntry(id=k.pk, label=k.label, secret=k.get_secret(), weight=k.weight))
             except ValueError:
-                log.error("provider key %s of %s cannot be decrypted; skipped", k.pk, p.name)
+                undecryptable += 1
+                log.error("provider key %s of provider %s cannot be decrypted with ENCRYPTION_KEYS; "
+                          "the key is not used", k.pk, p.name)
+        # A provider whose every key is unreadable must never be called without one.
+        unusable = UNDECRYPTABLE if undecryptable and not keys else ""
         providers[p.pk] = ProviderEntry(
             id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
             weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in (p.extra_headers or {}).items()),
-            keys=tuple(keys),
+            keys=tuple(keys), unusable=unusable,
         )
     prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}
 
@@ -162,7 +169,8 @@ def build_snapshot(version: str = "") -> Snapshot:
         keys[vk.key_hash] = key_entry(vk, [r.pk for r in vk.allowed_routes.all()])
 
     return Snapshot(version=version, built_at=time.monotonic(), keys_by_hash=MappingProxyType(keys),
-                    routes_by_name=MappingProxyType(by_name), routes=tuple(routes))
+                    routes_by_name=MappingProxyType(by_name), routes=tuple(routes),
+                    unusable_providers=tuple(p.name for p in providers.values() if p.unusable))
 
 
 def _rule_entry(rule) -> RuleEntry | None:
@@ -187,7 +195,7 @@ def bump_config_version() -> None:
 
 
 class SnapshotKeeper:
-    """Holds the current snapshot of this process and keeps it fresh."""
+    """Holds the current snapshot of one event loop's runtime and keeps it fresh."""
 
     def __init__(self):
         self.current: Snapshot | None = None
@@ -203,10 +211,27 @@ class SnapshotKeeper:
         return snapshot
 
     async def _load_first(self) -> Snapshot:
-        # Concurrent first requests share one build.
+        # Concurrent first requests share one build. A failed build is not kept: the next
+        # request tries again (a database that was down at startup must not mean an error
+        # until the process is restarted).
         if self._first_load is None:
             self._first_load = asyncio.ensure_future(self._rebuild(await self._read_version()))
-        return await asyncio.shield(self._first_load)
+        load = self._first_load
+        try:
+            return await asyncio.shield(load)
+        except Exception:
+            if self._first_load is load:
+                self._first_load = None
+            raise
+
+    async def stop(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            try:
+                await poller
+            except (asyncio.CancelledError, Exception):
+                pass
 
     async def _read_version(self) -> str:
         try:
@@ -227,6 +252,8 @@ class SnapshotKeeper:
             try:
                 version = await self._read_version()
                 current = self.current
+                if current is None:
+                    continue
                 stale = time.monotonic() - current.built_at > MAX_AGE_S
                 if version != current.version or stale:
                     await self._rebuild(version)
@@ -243,5 +270,3 @@ def _build_in_thread(version: str) -> Snapshot:
     finally:
         close_old_connections()
 
-
-keeper = SnapshotKeeper()

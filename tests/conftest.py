@@ -207,7 +207,7 @@ def build_live_config(mock_base_url: str) -> None:
         return vk
 
     virtual_key("full", FULL_KEY)
-    virtual_key("limited", LIMITED_KEY).allowed_routes.set([mini])
+    virtual_key("limited", LIMITED_KEY, all_models=False).allowed_routes.set([mini])
     virtual_key("disabled", DISABLED_KEY, enabled=False)
     virtual_key("expired", EXPIRED_KEY, expires_at=timezone.now() - timedelta(minutes=1))
     virtual_key("logs-bodies", LOGGING_KEY, log_bodies=True)

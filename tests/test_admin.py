@@ -110,7 +110,7 @@ def test_a_new_provider_key_needs_a_secret(staff, populated):
 
 def test_creating_a_virtual_key_shows_its_secret_once(staff, populated):
     response = staff.post(reverse("admin:keys_virtualkey_add"), {
-        "name": "new-app", "enabled": "on", "budget_period": "monthly", "notes": "",
+        "name": "new-app", "enabled": "on", "budget_period": "monthly", "unpriced_policy": "refuse", "notes": "",
     })
     assert response.status_code == 200
     html = response.content.decode()

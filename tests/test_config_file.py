@@ -574,9 +574,6 @@ INVALID = {
     "duplicate name": (
         _broken("  dashboard:\n", "  ci:\n"),
         "duplicate key 'ci'"),
-    "empty models list": (
-        _broken("models: [gpt-4o-mini]", "models: []"),
-        "virtual_keys.ci.models: an empty list would allow every model"),
     "short virtual key": (
         _broken("key: ${GATEWAY_CI_KEY}", "key: sk-short"),
         "virtual_keys.ci.key: must be at least 32 characters"),
@@ -664,3 +661,17 @@ def test_substitution_names_the_variable_and_the_place():
     errors = []
     substitute_env({"models": {"m": {"targets": [{"model": "${MISSING}"}]}}}, {}, errors)
     assert errors == ["models.m.targets[0].model: environment variable MISSING is not set"]
+
+
+@pytest.mark.django_db
+def test_a_key_restricted_to_deleted_models_exports_and_reapplies_as_restricted():
+    route = Route.objects.create(name="short-lived")
+    key = VirtualKey(name="narrow", all_models=False)
+    key.set_key()
+    key.save()
+    key.allowed_routes.set([route])
+    route.delete()
+    exported = export_yaml()
+    assert "models: []" in exported
+    apply_text(exported)
+    assert VirtualKey.objects.get(name="narrow").all_models is False

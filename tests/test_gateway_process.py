@@ -1,5 +1,6 @@
 """Process-level properties: no database on the hot path, config propagation, durable logs."""
 import asyncio
+import json
 import signal
 import sqlite3
 import threading
@@ -10,7 +11,6 @@ import pytest
 from django.db import connection
 from django.db.backends import utils as db_utils
 
-from providers.upstream import close_shared_client
 
 from .conftest import FULL_KEY, wait_for_model
 
@@ -24,7 +24,7 @@ def test_the_hot_path_makes_no_database_query(live, db_access, monkeypatch):
     from llmgateway.asgi import application
     from routing import requestlog
     from routing.models import RequestLog
-    from routing.snapshot import keeper
+    from llmgateway import runtime
 
     queries = []
     real_execute = db_utils.CursorWrapper.execute
@@ -33,33 +33,31 @@ def test_the_hot_path_makes_no_database_query(live, db_access, monkeypatch):
         queries.append(sql)
         return real_execute(self, sql, params)
 
-    keeper.current = keeper._poller = keeper._first_load = None
     queue = requestlog.RequestLogQueue(max_size=1000)
     monkeypatch.setattr(requestlog, "queue", queue)
     ids = []
 
     async def drive():
-        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            await client.get("/v1/models", headers=AUTH)  # first request builds the snapshot
-            monkeypatch.setattr(db_utils.CursorWrapper, "execute", counting_execute)
-            for _ in range(5):
-                answered = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
-                assert answered.status_code == 200
-                streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
-                assert streamed.text.endswith("data: [DONE]\n\n")
-                assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
-                missing = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=AUTH)
-                assert missing.status_code == 404
-                ids.extend(r.headers["x-request-id"] for r in (answered, streamed, missing))
-            await asyncio.sleep(0.8)  # let the log sender hand the rows over meanwhile
-        await close_shared_client()
+        async with runtime.opened():
+            transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 5000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                await client.get("/v1/models", headers=AUTH)  # first request builds the snapshot
+                monkeypatch.setattr(db_utils.CursorWrapper, "execute", counting_execute)
+                for _ in range(5):
+                    answered = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+                    assert answered.status_code == 200
+                    streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+                    assert streamed.text.endswith("data: [DONE]\n\n")
+                    assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
+                    missing = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=AUTH)
+                    assert missing.status_code == 404
+                    ids.extend(r.headers["x-request-id"] for r in (answered, streamed, missing))
+                await asyncio.sleep(0.8)  # let the log sender hand the rows over meanwhile
 
     try:
         asyncio.run(drive())
         queue.close()  # hand over and wait for the writer, as at exit
     finally:
-        keeper.current = keeper._poller = keeper._first_load = None
         monkeypatch.undo()
     assert queries == []
     assert RequestLog.objects.filter(request_id__in=ids).count() == len(ids) == 15
@@ -169,3 +167,112 @@ def test_a_rolled_back_change_does_not_stop_later_bumps(db_access):
     route = Route.objects.create(name="committed")
     route.delete()
     assert int(sync_client().get(VERSION_KEY)) >= before + 2
+
+
+def test_a_provider_whose_keys_cannot_be_decrypted_is_never_called(live, gateway_factory, mock_upstream, db_access):
+    """Started with the wrong ENCRYPTION_KEYS: no unauthenticated upstream call, a clear
+    error for the client, and a readiness check that says why."""
+    from cryptography.fernet import Fernet
+
+    wrong = gateway_factory(ENCRYPTION_KEYS=Fernet.generate_key().decode())
+    wait_for_model(wrong, "gpt-4o-mini")
+    mock_upstream.clear()
+    response = httpx.post(wrong.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_usable_upstream"
+    assert mock_upstream.requests == []
+    ready = httpx.get(wrong.url + "/readyz")
+    assert ready.status_code == 503 and "providers" in ready.json()["failing"]
+    wrong.stop()
+
+
+def test_a_failed_first_snapshot_is_retried_and_the_process_is_not_ready_meanwhile(live, gateway_factory, tmp_path):
+    """A database that is not there yet at startup must not mean errors until a restart."""
+    import subprocess
+    import sys
+
+    from .conftest import BASE_DIR
+
+    url = f"sqlite:///{tmp_path / 'late.sqlite3'}"
+    gateway = gateway_factory(DATABASE_URL=url)
+    refused = httpx.get(gateway.url + "/v1/models", headers=AUTH)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+    assert "snapshot" in httpx.get(gateway.url + "/readyz").json()["failing"]
+
+    env = {**gateway.env, "DATABASE_URL": url}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                    "from keys.models import VirtualKey; k = VirtualKey(name='late'); "
+                    f"k.set_key('{FULL_KEY}'); k.save()"], cwd=BASE_DIR, env=env, check=True)
+    assert httpx.get(gateway.url + "/v1/models", headers=AUTH).status_code == 200
+    assert httpx.get(gateway.url + "/readyz").status_code == 200
+    gateway.stop()
+
+
+def test_sigterm_ends_streams_in_flight_properly_and_writes_every_row(live, gateway_factory, db_access):
+    """Streams that finish within the grace period complete; the others end with an error
+    event in their protocol, never a bare EOF; every accepted request gets its row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from routing.models import RequestLog
+
+    gateway = gateway_factory(GATEWAY_STOP_GRACE_S="1.5")
+    wait_for_model(gateway, "gpt-4o-mini")
+
+    def stream(chunk_delay):
+        body = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 40, "chunk_delay": chunk_delay}}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=AUTH,
+                          timeout=30) as response:
+            data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+            return response.headers["x-request-id"], data
+
+    with ThreadPoolExecutor(8) as pool:
+        long = [pool.submit(stream, 0.25) for _ in range(5)]  # 10 s each
+        short = [pool.submit(stream, 0.02) for _ in range(3)]  # under a second
+        time.sleep(0.7)
+        gateway.proc.send_signal(signal.SIGTERM)
+        results = [f.result() for f in long + short]
+    gateway.proc.wait(20)
+    for request_id, data in results[:5]:  # the error event (then [DONE], which the SDKs expect)
+        assert '"code":"server_shutting_down"' in data[-2].replace(" ", ""), data[-3:]
+    for request_id, data in results[5:]:
+        assert data[-1] == "[DONE]"
+    ids = [request_id for request_id, _ in results]
+    rows = {row.request_id: row for row in RequestLog.objects.filter(request_id__in=ids)}
+    assert set(rows) == set(ids)
+    assert sorted(row.error_kind for row in rows.values()) == [""] * 3 + ["shutdown"] * 5
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(live, gateway_factory, mock_upstream,
+                                                                        db_access):
+    """Reading from the upstream follows the client's pace: the gateway buffers a bounded
+    amount, notices a reader that has stopped, and lets go of both sides."""
+    import socket
+
+    gateway = gateway_factory(GATEWAY_SLOW_CLIENT_TIMEOUT_S="2")
+    wait_for_model(gateway, "gpt-4o-mini")
+    body = json.dumps({**CHAT, "model": "no-retry", "stream": True,
+                       "mock": {"chunks": 4096, "event_bytes": 4096}}).encode()  # 16 MB
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    client.connect(("127.0.0.1", gateway.port))
+    client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                   + f"Authorization: Bearer {FULL_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    time.sleep(4)  # reads nothing more
+    ended = None
+    while ended is None and time.monotonic() < started + 10:
+        ended = next((e for e in mock_upstream.events if e["type"] == "stream_end" and e["t"] > started
+                      and e.get("client_disconnected")), None)
+        time.sleep(0.1)
+    assert ended is not None, "the upstream was read to the end (or left open) for a client that stopped reading"
+    client.settimeout(5)
+    received = 0
+    try:
+        while chunk := client.recv(1 << 16):
+            received += len(chunk)
+    except OSError:
+        pass
+    client.close()
+    assert received < 12 * 1024 * 1024  # cut off, not the whole stream

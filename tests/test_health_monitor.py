@@ -57,7 +57,7 @@ def test_turning_monitoring_on_creates_one_key_and_off_then_on_reuses_it():
     key = turn_monitoring(True).monitoring_key
     assert key.is_monitoring and not key.log_bodies
     assert (key.rpm, key.tpm, key.budget_usd) == (None, None, None)
-    assert key.allowed_routes.count() == 0  # every model
+    assert key.all_models
     turn_monitoring(False)
     assert turn_monitoring(True).monitoring_key_id == key.pk
     assert VirtualKey.objects.filter(is_monitoring=True).count() == 1
@@ -280,6 +280,20 @@ def test_probe_spend_is_priced_from_the_catalog_and_added_up_per_month(monitored
     target.refresh_from_db()
     assert target.spend_month == timezone.now().strftime("%Y-%m")
     assert target.spend_month_usd == target.spend_total_usd == sum(run.cost_usd for run in runs)
+
+
+def test_the_pipelines_failures_map_to_probe_error_kinds():
+    from healthcheck.probes import _pipeline_error_kind
+
+    # (status, the request log's error kind and detail) as the pipeline leaves them
+    assert _pipeline_error_kind(502, "upstream_connect", "mock/m: host name not resolved (gaierror)") == "dns_error"
+    assert _pipeline_error_kind(502, "upstream_connect", "mock/m: could not connect (ConnectError)") == "connection_refused"
+    assert _pipeline_error_kind(504, "upstream_timeout", "mock/m: timed out") == "timeout"
+    assert _pipeline_error_kind(502, "upstream_auth", "") == "auth"
+    assert _pipeline_error_kind(502, "upstream_bad_answer", "") == "bad_response"
+    assert _pipeline_error_kind(429, "upstream_http", "") == "rate_limited"
+    assert _pipeline_error_kind(503, "upstream_http", "") == "upstream_5xx"
+    assert _pipeline_error_kind(404, "model_not_found", "") == "not_found"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -83,7 +83,7 @@ def test_chat_non_stream_shape_and_recording(client, mock):
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
     recorded = mock.requests[-1]
     assert recorded["method"] == "POST" and recorded["path"] == "/v1/chat/completions"
-    assert recorded["headers"]["authorization"] == "Bearer sk-test-123"
+    assert recorded["headers"]["authorization"] == "[redacted]" and recorded["auth_scheme"] == "bearer"
     assert recorded["api_key"] == "sk-test-123"
     assert recorded["json"] == CHAT
     assert any(e["type"] == "request" for e in mock.events)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from providers.adapters.openai import OpenAIAdapter, OpenAIStreamRelay
+from providers.wire import openai_chat
+from providers.wire.openai_chat import StreamRelay
 from providers.sse import EventSplitter
 
 
@@ -25,8 +26,8 @@ DONE = b"data: [DONE]\n\n"
 STREAM = content("Hel") + content("lo", usage_null=True) + b": keep-alive\n\n" + content(" you") + USAGE + DONE
 
 
-def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, OpenAIStreamRelay]:
-    relay = OpenAIStreamRelay(client_wants_usage=wants_usage)
+def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, StreamRelay]:
+    relay = StreamRelay(client_wants_usage=wants_usage)
     bounds = [0, *cuts, len(stream)]
     out = b"".join(relay.feed(stream[a:b]) for a, b in zip(bounds, bounds[1:]))
     return out, relay
@@ -42,17 +43,17 @@ def relay_in_pieces(stream: bytes, cuts: list[int], wants_usage: bool) -> tuple[
 def test_the_stream_comes_out_as_it_went_in(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=True)
     assert out == STREAM
-    usage = OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True))
+    usage = openai_chat.usage_from_events(relay.events_to_log(with_text=True))
     assert (usage.input_tokens, usage.output_tokens) == (7, 3)
     assert relay.finished and relay.error is None
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == "Hello you"
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == "Hello you"
 
 
 @pytest.mark.parametrize("cuts", [[], [7], list(range(1, len(STREAM)))])
 def test_the_usage_only_chunk_is_dropped_unless_asked_for(cuts):
     out, relay = relay_in_pieces(STREAM, cuts, wants_usage=False)
     assert out == STREAM.replace(USAGE, b"")
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 3  # still counted
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 3  # still counted
 
 
 def test_an_error_event_is_relayed_and_recorded():
@@ -79,9 +80,9 @@ def test_content_that_mentions_usage_or_errors_is_only_content():
     text = 'the "usage":{ "error" of [DONE]'
     out, relay = relay_in_pieces(content(text) + DONE, [], wants_usage=False)
     assert out == content(text) + DONE
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)) is None
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)) is None
     assert relay.error is None and relay.done
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == text
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == text
 
 
 def test_the_splitter_returns_whole_events_only():
@@ -96,12 +97,45 @@ def test_usage_on_a_chunk_with_content_is_relayed_even_unasked():
                   "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
     out, relay = relay_in_pieces(content("hi") + last + DONE, [], wants_usage=False)
     assert out == content("hi") + last + DONE
-    assert OpenAIAdapter.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 1
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=True)) == "hi!"
+    assert openai_chat.usage_from_events(relay.events_to_log(with_text=True)).output_tokens == 1
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=True)) == "hi!"
 
 
 def test_with_usage_only_the_usage_events_are_kept_for_the_log():
     out, relay = relay_in_pieces(STREAM, [], wants_usage=True)
     assert relay.events_to_log(with_text=False) == [USAGE]
     out, relay = relay_in_pieces(content("a") + DONE, [], wants_usage=True)  # no usage: text for an estimate
-    assert OpenAIAdapter.text_from_events(relay.events_to_log(with_text=False)) == "a"
+    assert openai_chat.text_from_events(relay.events_to_log(with_text=False)) == "a"
+
+
+def test_an_error_event_is_relayed_with_the_provider_key_scrubbed():
+    relay = StreamRelay(client_wants_usage=False, secret="sk-provider-secret")
+    error = b'data: {"error":{"message":"quota of key sk-provider-secret exceeded"}}\n\n'
+    out = relay.feed(content("a") + error)
+    assert b"sk-provider-secret" not in out and b"key *** exceeded" in out
+    assert relay.error == "quota of key *** exceeded"
+
+
+def test_error_null_on_ordinary_chunks_is_no_error():
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"error":null}\n\n'
+    relay = StreamRelay(client_wants_usage=False)
+    assert relay.feed(chunk + DONE) == chunk + DONE
+    assert relay.error is None and relay.finished
+
+
+def test_comments_before_the_first_event_are_held_back_and_later_ones_relayed():
+    relay = StreamRelay(client_wants_usage=False)
+    assert relay.feed(b": OPENROUTER PROCESSING\n\n") == b""
+    assert relay.feed(b": OPENROUTER PROCESSING\n\n" + content("a")) == content("a")
+    assert relay.feed(b": still here\n\n") == b": still here\n\n"
+
+
+def test_only_the_last_of_many_usage_events_is_kept():
+    def with_usage(text, tokens):
+        return (b'data: {"choices":[{"index":0,"delta":{"content":"' + text.encode() + b'"}}],'
+                b'"usage":{"prompt_tokens":1,"completion_tokens":' + str(tokens).encode() + b'}}\n\n')
+
+    relay = StreamRelay(client_wants_usage=True)
+    relay.feed(b"".join(with_usage("w", n) for n in range(1, 50)) + DONE)
+    kept = relay.events_to_log(with_text=False)
+    assert len(kept) == 1 and openai_chat.usage_from_events(kept).output_tokens == 49

@@ -31,3 +31,7 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
     },
 }
+
+# The trimmed handler's own settings (like for like with the gateway's).
+GATEWAY_STOP_GRACE_S = 20.0
+GATEWAY_SLOW_CLIENT_TIMEOUT_S = 60.0

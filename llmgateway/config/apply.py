@@ -216,7 +216,7 @@ def _apply_virtual_key(key, name, spec, summary):
     current_routes = {route.pk for route in key.allowed_routes.all()} if key.pk else set()
     if wanted_routes != current_routes:
         changed.append("models")
-    values = {attr: spec[attr] for attr in VIRTUAL_KEY_FIELDS}
+    values = {attr: spec[attr] for attr in VIRTUAL_KEY_FIELDS} | {"all_models": spec["models"] is None}
     _save(key, values, f"virtual key {name!r}", summary, changed=changed if key.pk else ())
     if wanted_routes != current_routes:
         key.allowed_routes.set(wanted_routes)

@@ -128,10 +128,14 @@ def _export_rule(rule) -> dict:
                      "order": rule.order, "enabled": rule.enabled})
 
 
+def _restricted_models(key) -> dict:
+    """`models` for a restricted key, even an empty list (a key that may use no model)."""
+    return {} if key.all_models else {"models": sorted(route.name for route in key.allowed_routes.all())}
+
+
 def _export_virtual_keys() -> dict:
     keys = _by_name(VirtualKey.objects.filter(is_monitoring=False).prefetch_related("allowed_routes"))
-    return {key.name: _compact({
-        "models": sorted(route.name for route in key.allowed_routes.all()),
+    return {key.name: _restricted_models(key) | _compact({
         "enabled": key.enabled,
         "expires_at": _export_time(key.expires_at),
         "rpm": key.rpm,

@@ -100,9 +100,7 @@ def _check_virtual_keys(keys, routes, errors):
         path = f"virtual_keys.{name}"
         if name in reserved:
             _fail(errors, path, "this name belongs to the health monitor's key")
-        models = spec["models"]
-        if models == []:
-            _fail(errors, f"{path}.models", "an empty list would allow every model; leave the field out for that")
+        models = spec["models"]  # None: every model; [] : none (a key whose models were all deleted)
         for i, model in enumerate(models if isinstance(models, list) else []):
             if routes is not None and model is not _BAD and model not in routes:
                 _fail(errors, f"{path}.models[{i}]", f"unknown model {model!r}")

@@ -1,0 +1,86 @@
+"""The request record: one client request as it passes through the gateway, and its one owner.
+
+Every /v1 request gets a record when it arrives. Exactly one terminal state is written for
+it (`end`), whatever happens: an answer, an error, a client that leaves, an exception of any
+type. The API handler calls `abandon` when it is done with a request, which ends a record
+nobody ended (the client left) and closes an upstream response nobody closed. This is also
+the place where a budget reservation is settled or released (see `end`).
+"""
+import logging
+import os
+import time
+
+from keys.auth import KeyEntry
+from llmgateway.errors import GatewayError
+
+from . import requestlog
+from .requestlog import LogEntry
+
+log = logging.getLogger(__name__)
+
+
+class RequestRecord:
+    __slots__ = ("log", "started", "key", "upstream_s", "upstream", "ended", "__weakref__")
+
+    def __init__(self, entry: LogEntry, started: float):
+        self.log = entry
+        self.started = started  # perf_counter
+        self.key: KeyEntry | None = None
+        self.upstream_s = 0.0  # time spent waiting on upstreams
+        self.upstream = None  # the open upstream response, closed by whoever ends the record
+        self.ended = False
+
+    @classmethod
+    def begin(cls, endpoint: str, client_ip: str | None = None) -> "RequestRecord":
+        entry = LogEntry(request_id=f"req_{os.urandom(16).hex()}", started_at=time.time(), endpoint=endpoint,
+                         client_ip=client_ip or None)
+        return cls(entry, time.perf_counter())
+
+    @property
+    def request_id(self) -> str:
+        return self.log.request_id
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def overhead_ms(self) -> float:
+        return max(self.elapsed_ms() - self.upstream_s * 1000, 0.0)
+
+    def end(self, status: int | None = None, error: GatewayError | None = None) -> None:
+        """Write the request's terminal state, once. A second call is a bug: logged, ignored."""
+        if self.ended:
+            log.debug("request %s ended twice; the second end ignored", self.request_id)
+            return
+        self.ended = True
+        entry = self.log
+        if error is not None:
+            entry.status = error.status
+            entry.error_kind = error.kind
+            entry.error_message = error.log_message or error.message
+        elif status is not None:
+            entry.status = status
+        entry.latency_ms = self.elapsed_ms()
+        if entry.overhead_ms is None:
+            entry.overhead_ms = self.overhead_ms()
+        entry.log_bodies = self.key is not None and self.key.log_bodies
+        # Budget reservations are settled (success) or released (anything else) here.
+        requestlog.queue.record(entry)
+
+    def fail(self, error: GatewayError) -> None:
+        self.end(error=error)
+
+    async def abandon(self) -> None:
+        """The handler is done with the request: close what is open, end what is not ended."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            await close_quietly(upstream)
+        if not self.ended:
+            self.end(error=GatewayError("Client closed the connection before the answer was complete.",
+                                        status=499, kind="client_disconnected"))
+
+
+async def close_quietly(response) -> None:
+    try:
+        await response.aclose()
+    except Exception:  # closing a broken connection may fail again; nothing to add
+        pass

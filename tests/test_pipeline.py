@@ -1,0 +1,278 @@
+"""The pipeline over real sockets: failover, classification, timeouts, records, and the
+defects found in review, each reproduced against the mock upstream."""
+import json
+import time
+
+import httpx
+import pytest
+
+from providers.mock_upstream import MockUpstreamThread
+
+from .conftest import FULL_KEY, free_port, wait_for_log, wait_for_model
+from .factories import PROVIDER_SECRET, make_key, make_provider, make_route
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+def post(gateway, body, key=FULL_KEY, timeout=30, **kwargs):
+    return httpx.post(gateway.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=timeout, **kwargs)
+
+
+def ready(gateway, route, key=FULL_KEY):
+    wait_for_model(gateway, route.name, key=key)
+    return route.name
+
+
+def sse_data(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.fixture
+def mock(live, mock_upstream):
+    return mock_upstream
+
+
+# --- failover and classification ---------------------------------------------------------
+
+@pytest.mark.parametrize("status", [429, 500, 503, 529])
+def test_it_fails_over_to_the_next_target_on_a_retryable_status(live, mock, db_access, status):
+    failing = make_provider(mock.base_url, fault={"status": status})
+    healthy = make_provider(mock.base_url)
+    model = ready(live, make_route(failing, healthy))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 200
+    assert response.headers["x-gateway-provider"] == healthy.name
+    row = wait_for_log(response.headers["x-request-id"])
+    assert (row.status, row.attempts, row.provider) == (200, 2, healthy.name)
+
+
+def test_a_400_goes_back_to_the_client_untouched_and_is_not_retried(live, mock, db_access):
+    failing = make_provider(mock.base_url, fault={"status": 400, "message": "bad tool schema"})
+    other = make_provider(mock.base_url)
+    model = ready(live, make_route(failing, other))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "bad tool schema"
+    assert wait_for_log(response.headers["x-request-id"]).attempts == 1
+
+
+def test_it_tries_the_next_target_after_a_connect_error_and_names_no_provider(live, mock, db_access):
+    dead = make_provider(f"http://127.0.0.1:{free_port()}/v1", name="secret-dead-provider")
+    model = ready(live, make_route(dead, max_attempts=1))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 502
+    text = response.text
+    assert "secret-dead-provider" not in text and "127.0.0.1" not in text and PROVIDER_SECRET not in text
+    row = wait_for_log(response.headers["x-request-id"])
+    assert "secret-dead-provider" in row.error_message  # the operator finds the details by request id
+
+
+def test_an_upstream_redirect_is_an_error_and_is_not_followed(live, mock, db_access):
+    redirecting = make_provider(mock.base_url, fault={"redirect": "http://169.254.169.254/latest"})
+    model = ready(live, make_route(redirecting, max_attempts=1))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_bad_answer"
+    assert wait_for_log(response.headers["x-request-id"]).error_kind == "upstream_bad_answer"
+
+
+def test_a_malformed_answer_moves_on_to_the_next_target(live, mock, db_access):
+    broken = make_provider(mock.base_url, fault={"malformed": True})
+    healthy = make_provider(mock.base_url)
+    model = ready(live, make_route(broken, healthy))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
+    assert response.headers["x-gateway-provider"] == healthy.name
+
+
+def test_a_target_whose_targets_are_all_disabled_is_503(live, mock, db_access):
+    route = make_route(make_provider(mock.base_url))
+    route.targets.update(enabled=False)
+    route.save()  # bump
+    model = ready(live, route)
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_targets"
+    assert response.headers["retry-after"]
+
+
+# --- provider keys -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keyed_mock():
+    """A mock upstream that accepts one key only."""
+    server = MockUpstreamThread(keys=["sk-good-upstream-key"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_provider_key_gives_way_to_the_next_key(live, db_access, keyed_mock, status):
+    provider = make_provider(keyed_mock.base_url, keys=["sk-refused-upstream-key", "sk-good-upstream-key"])
+    model = ready(live, make_route(provider, max_attempts=2))
+    for _ in range(3):  # whichever key comes first in turn
+        response = post(live, {**CHAT, "model": model})
+        assert response.status_code == 200, response.text
+
+
+def test_when_every_provider_key_is_refused_the_client_is_not_blamed(live, db_access, keyed_mock):
+    provider = make_provider(keyed_mock.base_url, keys=["sk-refused-upstream-key"])
+    model = ready(live, make_route(provider))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_credentials_rejected"
+    assert "sk-refused" not in response.text
+    assert wait_for_log(response.headers["x-request-id"]).error_kind == "upstream_auth"
+
+
+# --- timeouts --------------------------------------------------------------------------------
+
+def test_a_timed_out_target_is_not_started_again(live, mock, db_access):
+    slow = make_provider(mock.base_url, timeout_s=1)
+    model = ready(live, make_route(slow, max_attempts=3))
+    started = time.monotonic()
+    response = post(live, {**CHAT, "model": model, "mock": {"delay": 3, "request_id": "timeout-once"}})
+    assert response.status_code == 504
+    assert time.monotonic() - started < 2.5
+    assert mock.generations("timeout-once") == 1
+
+
+def test_a_timed_out_target_gives_way_to_the_next(live, mock, db_access):
+    slow = make_provider(mock.base_url, timeout_s=0.5, fault={"first_byte_delay": 3})
+    healthy = make_provider(mock.base_url)
+    model = ready(live, make_route(slow, healthy))
+    response = post(live, {**CHAT, "model": model})
+    assert response.status_code == 200
+    assert response.headers["x-gateway-provider"] == healthy.name
+
+
+def test_it_fails_over_when_a_streams_first_event_times_out(live, mock, db_access):
+    slow = make_provider(mock.base_url, timeout_s=0.5, fault={"first_event_delay": 3})
+    healthy = make_provider(mock.base_url)
+    model = ready(live, make_route(slow, healthy))
+    response = post(live, {**CHAT, "model": model, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["x-gateway-provider"] == healthy.name
+    assert sse_data(response.text)[-1] == "[DONE]"
+
+
+def test_a_first_event_slower_than_the_idle_timeout_is_awaited(live, mock, db_access):
+    # The test gateway's idle timeout is 2 s; the provider allows 5 s for the first byte.
+    patient = make_provider(mock.base_url, timeout_s=5, fault={"first_event_delay": 3})
+    model = ready(live, make_route(patient, max_attempts=1))
+    response = post(live, {**CHAT, "model": model, "stream": True})
+    assert response.status_code == 200
+    assert sse_data(response.text)[-1] == "[DONE]"
+    assert wait_for_log(response.headers["x-request-id"]).attempts == 1
+
+
+def test_keep_alive_comments_do_not_count_as_the_first_event(live, mock, db_access):
+    thinking = make_provider(mock.base_url, timeout_s=1, fault={"keepalive_every": 0.1, "keepalive_for": 3})
+    healthy = make_provider(mock.base_url)
+    model = ready(live, make_route(thinking, healthy))
+    response = post(live, {**CHAT, "model": model, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["x-gateway-provider"] == healthy.name
+    assert "PROCESSING" not in response.text
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+def test_error_null_on_every_chunk_is_a_successful_stream(live, mock, db_access):
+    quirky = make_provider(mock.base_url, fault={"error_null": True})
+    model = ready(live, make_route(quirky))
+    response = post(live, {**CHAT, "model": model, "stream": True})
+    assert sse_data(response.text)[-1] == "[DONE]"
+    row = wait_for_log(response.headers["x-request-id"])
+    assert (row.status, row.error_kind) == (200, "")
+
+
+def test_usage_on_every_chunk_is_counted_once(live, mock, db_access):
+    chatty = make_provider(mock.base_url, fault={"usage_every_chunk": True, "chunks": 5})
+    model = ready(live, make_route(chatty))
+    response = post(live, {**CHAT, "model": model, "stream": True})
+    assert sse_data(response.text)[-1] == "[DONE]"
+    row = wait_for_log(response.headers["x-request-id"])
+    assert row.output_tokens == 5 and not row.tokens_estimated
+
+
+def test_a_client_that_leaves_before_the_first_byte_gets_a_row_and_the_upstream_is_closed(live, mock, db_access):
+    waiting = make_provider(mock.base_url, timeout_s=10, fault={"first_event_delay": 5})
+    model = ready(live, make_route(waiting, max_attempts=1))
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        post(live, {**CHAT, "model": model, "stream": True}, timeout=httpx.Timeout(5, read=1))
+    left = time.monotonic()
+    ended = None
+    while ended is None and time.monotonic() < left + 2:
+        ended = next((e for e in mock.events if e["type"] == "stream_end" and e["t"] > started
+                      and e.get("client_disconnected")), None)
+        time.sleep(0.05)
+    assert ended is not None, "the upstream response was left open after the client left"
+    from routing.models import RequestLog
+
+    deadline = time.monotonic() + 5
+    row = None
+    while row is None and time.monotonic() < deadline:
+        row = RequestLog.objects.filter(route=model, endpoint="chat").first()
+        time.sleep(0.05)
+    assert row is not None and (row.status, row.error_kind) == (499, "client_disconnected")
+
+
+# --- requests the gateway refuses itself -------------------------------------------------------
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": "hello"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({**CHAT, "max_tokens": -1}, "max_tokens"),
+    ({**CHAT, "max_tokens": "10"}, "max_tokens"),
+    ({**CHAT, "stream": "yes"}, "stream"),
+])
+def test_malformed_requests_get_400_naming_the_field_and_never_reach_upstream(live, mock, body, param):
+    response = post(live, {"model": "gpt-4o-mini", **body})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert mock.requests == []
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "top_p": Infinity}',
+    b'[' * 10000 + b']' * 10000,
+    b'{"a":' * 10000 + b'1' + b'}' * 10000,
+])
+def test_non_standard_or_absurdly_nested_json_is_400(live, mock, raw):
+    response = httpx.post(live.url + "/v1/chat/completions", content=raw, timeout=10,
+                          headers={"Authorization": f"Bearer {FULL_KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert mock.requests == []
+
+
+def test_a_restricted_key_stays_restricted_when_its_only_model_is_deleted(live, mock, db_access):
+    route = make_route(make_provider(mock.base_url))
+    key, secret = make_key(routes=[route])
+    ready(live, route, key=secret)
+    route.delete()
+    wait_for_model(live, route.name, key=FULL_KEY, present=False)
+    response = post(live, {**CHAT, "model": "gpt-4o-mini"}, key=secret)
+    assert response.status_code == 403
+    assert httpx.get(live.url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).json()["data"] == []
+
+
+def test_a_request_with_a_lone_surrogate_is_served_and_logged_sanitised(live, mock, db_access):
+    from .conftest import LOGGING_KEY
+
+    raw = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "broken \\ud800 text"}]}'
+    response = httpx.post(live.url + "/v1/chat/completions", content=raw, timeout=10,
+                          headers={"Authorization": f"Bearer {LOGGING_KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 200
+    row = wait_for_log(response.headers["x-request-id"])
+    assert row.sanitized and "broken" in row.request_body
+    after = post(live, {**CHAT, "model": "gpt-4o-mini"}, key=LOGGING_KEY)
+    assert not wait_for_log(after.headers["x-request-id"]).sanitized  # logging goes on
