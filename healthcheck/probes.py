@@ -70,21 +70,23 @@ async def run_probe(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -> Probe
 
 async def _probe_once(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -> ProbeResult:
     started = time.perf_counter()
+    seen: dict = {}  # the request id, known even when the probe times out
     try:
         async with asyncio.timeout(spec.timeout_s):
             if spec.kind == "model_list":
                 result = await _list_models(spec, snapshot)
             else:
-                result = await _tiny_completion(spec, snapshot, key)
+                result = await _tiny_completion(spec, snapshot, key, seen)
     except TimeoutError:
-        result = ProbeResult(ok=False, error_kind="timeout", error_message=f"No answer within {spec.timeout_s:g} s.")
+        result = ProbeResult(ok=False, error_kind="timeout", error_message=f"No answer within {spec.timeout_s:g} s.",
+                             request_id=seen.get("request_id", ""))
     except Exception as exc:  # a probe reports every failure as a run; it must never crash the worker
         result = ProbeResult(ok=False, error_kind=_transport_kind(exc), error_message=f"{type(exc).__name__}: {exc}")
     result.latency_ms = (time.perf_counter() - started) * 1000
     return result
 
 
-async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -> ProbeResult:
+async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry, seen: dict) -> ProbeResult:
     body = {"model": spec.route_name, "messages": [{"role": "user", "content": spec.prompt}],
             "max_tokens": spec.max_tokens, "stream": False}
     route = snapshot.route(spec.route_name)
@@ -95,7 +97,7 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -
         if target is None:
             return ProbeResult(ok=False, error_kind="not_found", error_message="The upstream target is disabled or gone.")
         snapshot = _pinned(snapshot, route, target)
-    status, content, log = await call_pipeline(body, snapshot, key)
+    status, content, log = await call_pipeline(body, snapshot, key, seen)
     result = ProbeResult(ok=False, status_code=status, request_id=log.request_id, ttfb_ms=log.ttfb_ms)
     if status >= 400:
         result.error_kind = _pipeline_error_kind(status, log.error_kind, log.error_message)
@@ -115,7 +117,7 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry) -
     return result
 
 
-async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry):
+async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry, seen: dict | None = None):
     """Serve `body` as a chat request of `key` through the gateway's pipeline, with `snapshot`
     as the configuration: (status, answer bytes, the request's log entry).
 
@@ -132,14 +134,19 @@ async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry):
     record = RequestRecord.begin("chat")
     record.key = key
     record.log.virtual_key_id = key.id
+    if seen is not None:
+        seen["request_id"] = record.request_id
     inbound = Inbound(endpoint=ENDPOINTS["chat"], body=body, raw=json.dumps(body).encode(), headers={}, key=key,
                       record=record)
-    outcome = await serve(inbound)
-    content = outcome.body
-    if outcome.stream is not None:  # not asked for; read it whole all the same
-        content = b"".join([chunk async for chunk in outcome.stream])
-    if not record.ended:
-        record.end(outcome.status)
+    try:
+        outcome = await serve(inbound)
+        content = outcome.body
+        if outcome.stream is not None:  # not asked for; read it whole all the same
+            content = b"".join([chunk async for chunk in outcome.stream])
+    finally:
+        # As the API handler does when it is done: close what is open and end the record
+        # (a probe cut off by its timeout is logged as a request the client left).
+        await record.abandon()
     return outcome.status, content, record.log
 
 

@@ -244,7 +244,7 @@ def test_upstream_errors_are_classified(monitored, mock_upstream):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_slow_upstream_is_a_timeout_and_retries_are_counted(monitored, mock_upstream):
+def test_a_slow_upstream_is_a_timeout_and_retries_are_counted(monitored, mock_upstream, logged):
     import json
 
     slow = make_provider(mock_upstream.base_url, name="slow", extra_headers={"x-mock-fault": json.dumps({"delay": 3})})
@@ -253,6 +253,9 @@ def test_a_slow_upstream_is_a_timeout_and_retries_are_counted(monitored, mock_up
     run = HealthRun.objects.get(target=target)
     assert (run.error_kind, run.attempts) == ("timeout", 2)
     assert run.latency_ms < 3000
+    # Each try cut off by the timeout still ends its request record: one log row per try.
+    assert [entry.status for entry in logged] == [499, 499]
+    assert run.request_id == logged[-1].request_id
 
 
 @pytest.mark.django_db(transaction=True)
