@@ -1,13 +1,108 @@
-"""Celery tasks of the health monitor, run by beat."""
-from celery import shared_task
+"""Celery tasks of the health monitor: the dispatcher (beat), one probe per claimed slot,
+and the purge of old runs (beat)."""
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
 
-from .models import MonitoringSettings
+from celery import shared_task
+from django.db import IntegrityError
+from django.utils import timezone
+
+from . import routing_state
+from .conf import setting
+from .dispatch import claim_due_targets, interval_of
+from .models import HealthIncident, HealthRollup, HealthRun, HealthTarget, MonitoringSettings
+from .probes import ProbeResult, ProbeSpec, probe
+from .rollups import BUCKET_S, record_run
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True)
-def dispatch_probes():
-    """Find due health targets and probe them. Probing arrives with the health-monitoring issue;
-    until then this only honours the on/off switch."""
-    if not MonitoringSettings.load().enabled:
-        return 0
-    return 0
+def dispatch_probes() -> int:
+    """Claim the due targets and queue one probe for each claimed slot."""
+    claims = claim_due_targets()
+    for claim in claims:
+        probe_target.delay(claim.target_id, claim.slot.isoformat())
+    return len(claims)
+
+
+@shared_task(ignore_result=True)
+def probe_target(target_id: int, slot: str) -> str:
+    """Probe one target for the slot its dispatcher claimed, and record the run."""
+    monitoring = MonitoringSettings.load()
+    target = HealthTarget.objects.select_related("route").filter(pk=target_id).first()
+    if not monitoring.enabled or target is None or not target.enabled or monitoring.monitoring_key_id is None:
+        return "skipped"
+    now = timezone.now()
+    if _over_cap(target, now):
+        log.info("health target %s is over its monthly probe budget; not probed", target.name)
+        return "over_cap"
+    spec = ProbeSpec(
+        target_id=target.pk, kind=target.kind, route_name=target.route.name, route_target_id=target.route_target_id,
+        prompt=target.prompt or monitoring.default_prompt, max_tokens=target.max_tokens,
+        timeout_s=target.timeout_s, retries=target.retries,
+    )
+    result = asyncio.run(probe(spec, monitoring.monitoring_key_id))
+    run = save_run(target, datetime.fromisoformat(slot), now, result)
+    if run is None:
+        return "duplicate"
+    target = record_run(run)
+    _publish_routing_state(target, interval_of(target, monitoring))
+    return run.outcome
+
+
+def save_run(target: HealthTarget, slot: datetime, started_at: datetime, result: ProbeResult) -> HealthRun | None:
+    """Store the run; None when this slot already has one (a second claim cannot happen,
+    but the unique constraint is what makes that certain)."""
+    if result.ok:
+        outcome = HealthRun.Outcome.HEALTHY if result.attempts == 1 else HealthRun.Outcome.DEGRADED
+    else:
+        outcome = HealthRun.Outcome.DOWN
+    run = HealthRun(
+        target=target, scheduled_for=slot, started_at=started_at, outcome=outcome, status_code=result.status_code,
+        latency_ms=result.latency_ms, ttfb_ms=result.ttfb_ms, error_kind="" if result.ok else result.error_kind,
+        error_message="" if result.ok else result.error_message, attempts=result.attempts,
+        request_id=result.request_id, cost_usd=Decimal(str(result.cost_usd)) if result.cost_usd is not None else None,
+    )
+    try:
+        run.save()
+    except IntegrityError:
+        log.warning("health target %s already has a run for %s; dropped", target.pk, slot)
+        return None
+    return run
+
+
+def _over_cap(target: HealthTarget, now: datetime) -> bool:
+    cap = target.monthly_cap_usd
+    return cap is not None and target.spend_month == now.strftime("%Y-%m") and target.spend_month_usd >= cap
+
+
+def _publish_routing_state(target: HealthTarget, interval_s: int) -> None:
+    route_target_id = target.route_target_id
+    if route_target_id is None:
+        only = list(target.route.targets.values_list("pk", flat=True)[:2])
+        route_target_id = only[0] if len(only) == 1 else None  # a model with one upstream is that upstream
+    if route_target_id is not None:
+        routing_state.publish(route_target_id, target.consecutive_failures, target.consecutive_successes, interval_s)
+
+
+@shared_task(ignore_result=True)
+def purge_old_health_data() -> dict:
+    """Delete runs past their retention in batches (short transactions: the monitor keeps
+    writing meanwhile), and rollups and closed incidents past theirs."""
+    now = timezone.now()
+    batch = setting("HEALTH_PURGE_BATCH")
+    runs_before = now - timedelta(days=setting("HEALTH_RUN_RETENTION_DAYS"))
+    rollups_before = now - timedelta(days=setting("HEALTH_ROLLUP_RETENTION_DAYS"))
+    deleted = {"runs": 0, "rollups": 0, "incidents": 0}
+    while True:
+        ids = list(HealthRun.objects.filter(started_at__lt=runs_before).values_list("pk", flat=True)[:batch])
+        if not ids:
+            break
+        deleted["runs"] += HealthRun.objects.filter(pk__in=ids).delete()[0]
+    oldest_bucket = int(rollups_before.timestamp()) // BUCKET_S
+    deleted["rollups"] = HealthRollup.objects.filter(bucket__lt=oldest_bucket).delete()[0]
+    deleted["incidents"] = HealthIncident.objects.filter(ended_at__lt=rollups_before).delete()[0]
+    return deleted

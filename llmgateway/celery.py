@@ -1,4 +1,4 @@
-"""The Celery app; the beat schedule lives in settings.CELERY_BEAT_SCHEDULE."""
+"""The Celery app and its beat schedule."""
 import os
 
 from celery import Celery
@@ -8,3 +8,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
 app = Celery("llmgateway")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+app.conf.beat_schedule = {
+    # Claims due health targets and queues their probes; claiming is safe with several beats.
+    "dispatch-health-probes": {
+        "task": "healthcheck.tasks.dispatch_probes",
+        "schedule": float(os.environ.get("HEALTH_DISPATCH_EVERY_S", "5")),
+    },
+    "purge-old-health-data": {
+        "task": "healthcheck.tasks.purge_old_health_data",
+        "schedule": float(os.environ.get("HEALTH_PURGE_EVERY_S", "3600")),
+    },
+}

@@ -197,14 +197,7 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE = {
-    # Dispatches due health probes; the probes themselves arrive with the
-    # health-monitoring issue.
-    "dispatch-health-probes": {
-        "task": "healthcheck.tasks.dispatch_probes",
-        "schedule": env.float("HEALTH_DISPATCH_EVERY_S", default=5.0),
-    },
-}
+# The beat schedule is in llmgateway/celery.py.
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO").upper()
 LOGGING = {

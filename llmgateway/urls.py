@@ -1,4 +1,5 @@
-"""Root URLs: the admin, the language switch, process probes, and the /v1 API (last: it matches path variants)."""
+"""Root URLs: the admin, the language switch, process probes, /status and /public/health, and
+the /v1 API (last: it matches path variants)."""
 from django.contrib import admin
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
@@ -15,7 +16,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),  # POST /i18n/setlang/: the language switch
     path("healthz", views.healthz),
     path("readyz", views.readyz),
-    # healthcheck's /status and /public/health/* arrive with the monitoring issue.
+    path("", include("healthcheck.urls")),
     path("", api.urls),
     path("v1/<path:rest>", api_views.not_found),
 ]

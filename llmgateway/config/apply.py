@@ -236,8 +236,17 @@ def _apply_monitoring(monitoring: dict, summary):
     _apply_by_name(HealthTarget.objects.all(), targets, "health target", _apply_health_target, summary)
 
 
+HEALTH_TARGET_FIELDS = ("enabled", "kind", "interval_s", "prompt", "max_tokens", "timeout_s", "retries",
+                        "monthly_cap_usd")
+
+
 def _apply_health_target(target, name, spec, summary):
     route = Route.objects.get(name=spec["model"])
+    route_target = None
+    if spec["provider"]:
+        route_target = RouteTarget.objects.get(route=route, provider__name=spec["provider"],
+                                               upstream_model=spec["upstream_model"])
     target = target or HealthTarget(name=name, route=route)
-    values = {"route_id": route.pk} | {key: spec[key] for key in ("enabled", "interval_s", "prompt", "timeout_s")}
+    values = {"route_id": route.pk, "route_target_id": route_target.pk if route_target else None}
+    values |= {key: spec[key] for key in HEALTH_TARGET_FIELDS}
     _save(target, values, f"health target {name!r}", summary)

@@ -173,14 +173,24 @@ def _export_time(value: datetime | None) -> str | None:
 def _export_monitoring() -> dict:
     # No MonitoringSettings.load(): exporting must not write.
     settings = MonitoringSettings.objects.filter(pk=1).first() or MonitoringSettings()
-    targets = _by_name(HealthTarget.objects.select_related("route"))
+    targets = _by_name(HealthTarget.objects.select_related("route", "route_target__provider"))
     return {
         "enabled": settings.enabled,
         "default_interval_s": settings.default_interval_s,
         "default_prompt": settings.default_prompt,
-        "targets": [_compact({"name": t.name, "model": t.route.name, "enabled": t.enabled, "interval_s": t.interval_s,
-                              "prompt": t.prompt, "timeout_s": t.timeout_s}) for t in targets],
+        "targets": [_export_health_target(t) for t in targets],
     }
+
+
+def _export_health_target(target) -> dict:
+    pinned = target.route_target
+    return _compact({
+        "name": target.name, "model": target.route.name,
+        "provider": pinned.provider.name if pinned else "", "upstream_model": pinned.upstream_model if pinned else "",
+        "enabled": target.enabled, "kind": target.kind, "interval_s": target.interval_s, "prompt": target.prompt,
+        "max_tokens": target.max_tokens, "timeout_s": target.timeout_s, "retries": target.retries,
+        "monthly_cap_usd": float(target.monthly_cap_usd) if target.monthly_cap_usd is not None else None,
+    })
 
 
 class _Dumper(yaml.SafeDumper):

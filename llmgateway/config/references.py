@@ -20,7 +20,7 @@ def check_references(data: dict, errors: list[str]) -> None:
         _check_route(name, spec, providers, errors)
     _check_aliases(data.get("models"), errors)
     _check_virtual_keys(data.get("virtual_keys"), routes, errors)
-    _check_monitoring(data.get("monitoring"), routes, errors)
+    _check_monitoring(data.get("monitoring"), routes, errors, data)
     _check_dependents_outside_file(data, errors)
 
 
@@ -111,7 +111,27 @@ def _check_virtual_keys(keys, routes, errors):
             secrets.setdefault(spec["key"], name)
 
 
-def _check_monitoring(monitoring, routes, errors):
+def _check_probed_upstream(data, target, path, errors):
+    """`provider` and `upstream_model` go together and must name one of the model's targets."""
+    provider, upstream = target["provider"], target["upstream_model"]
+    if provider is _BAD or upstream is _BAD or (not provider and not upstream):
+        return
+    if not provider or not upstream:
+        _fail(errors, f"{path}.provider", "set both provider and upstream_model, or neither")
+        return
+    models = data.get("models")
+    if isinstance(models, dict):
+        spec = models.get(target["model"])
+        targets = spec.get("targets") if isinstance(spec, dict) else None
+        known = {(t.get("provider"), t.get("model")) for t in targets or () if isinstance(t, dict)}
+    else:
+        known = set(RouteTarget.objects.filter(route__name=target["model"])
+                    .values_list("provider__name", "upstream_model"))
+    if (provider, upstream) not in known:
+        _fail(errors, f"{path}.provider", f"model {target['model']!r} has no target {provider}:{upstream}")
+
+
+def _check_monitoring(monitoring, routes, errors, data=None):
     if not isinstance(monitoring, dict):
         return
     seen = set()
@@ -123,6 +143,8 @@ def _check_monitoring(monitoring, routes, errors):
         model = target["model"]
         if routes is not None and model is not _BAD and model not in routes:
             _fail(errors, f"{path}.model", f"unknown model {model!r}")
+        elif model is not _BAD:
+            _check_probed_upstream(data or {}, target, path, errors)
 
 
 def _check_dependents_outside_file(data, errors):

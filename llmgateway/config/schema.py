@@ -394,10 +394,17 @@ VIRTUAL_KEY = record({
 HEALTH_TARGET = record({
     "name": Field(text(200, 1), required=True),
     "model": Field(text(200, 1), required=True),
+    # Both set: probe only that upstream target of the model; both empty: the model as clients reach it.
+    "provider": Field(text(100), ""),
+    "upstream_model": Field(text(200), ""),
     "enabled": Field(boolean, True),
+    "kind": Field(choice(HealthTarget.Kind.values), _default(HealthTarget, "kind")),
     "interval_s": Field(integer(validators.MIN_HEALTH_INTERVAL_S, nullable=True)),
     "prompt": Field(text(500), ""),
+    "max_tokens": Field(integer(1, 1000), _default(HealthTarget, "max_tokens")),
     "timeout_s": Field(number(minimum=validators.MIN_TIMEOUT_S), _default(HealthTarget, "timeout_s")),
+    "retries": Field(integer(0, 10), _default(HealthTarget, "retries")),
+    "monthly_cap_usd": Field(decimal(10, 4)),
 })
 
 MONITORING = record({

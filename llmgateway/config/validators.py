@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 
 from providers.urlsafety import UnsafeUpstream, check_host
 
-MIN_HEALTH_INTERVAL_S = 10  # the probe dispatcher runs every few seconds; less would only queue up
+MIN_HEALTH_INTERVAL_S = 30  # probes cost upstream money; the dispatcher runs every few seconds
 MIN_TIMEOUT_S = 0.1
 MIN_STATUS_CODE, MAX_STATUS_CODE = 100, 599
 

@@ -1,0 +1,185 @@
+"""Runs summed into 5-minute rollups as they arrive, and everything pages show read from those:
+state, availability, percentiles, error kinds, incidents, the 24-hour strip.
+
+Latency percentiles come from a fixed log-spaced histogram (bins 25% wide), so any window
+is a sum of rollups and a percentile is accurate to one bin.
+"""
+import math
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from .conf import setting
+from .models import HealthIncident, HealthRollup, HealthRun, HealthTarget
+
+BUCKET_S = 300
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+# Latency bins: bin 0 holds <= 10 ms, bin i holds (10·1.25^(i-1), 10·1.25^i] ms.
+BIN_BASE_MS = 10.0
+BIN_RATIO = 1.25
+DEGRADED_BELOW = 0.20  # error share in the last hour under which a target is degraded, not down
+
+
+def bucket_of(moment: datetime) -> int:
+    return int(moment.timestamp()) // BUCKET_S
+
+
+def bucket_start(bucket: int) -> datetime:
+    return datetime.fromtimestamp(bucket * BUCKET_S, tz=dt_timezone.utc)
+
+
+def latency_bin(ms: float) -> int:
+    if ms <= BIN_BASE_MS:
+        return 0
+    return math.ceil(math.log(ms / BIN_BASE_MS, BIN_RATIO) - 1e-9)
+
+
+def bin_upper_ms(index: int) -> float:
+    return BIN_BASE_MS * BIN_RATIO ** index
+
+
+def percentile(bins: dict, q: float) -> float | None:
+    """The q-quantile (0..1) of a merged histogram, as its bin's upper bound."""
+    total = sum(bins.values())
+    if not total:
+        return None
+    wanted = q * total
+    seen = 0
+    for index in sorted(bins, key=int):
+        seen += bins[index]
+        if seen >= wanted:
+            return round(bin_upper_ms(int(index)), 1)
+    return round(bin_upper_ms(int(max(bins, key=int))), 1)
+
+
+def state_of(runs: int, failures: int) -> str:
+    """healthy: no errors; degraded: under 20% errors; down: more; unknown: no runs."""
+    if runs == 0:
+        return "unknown"
+    if failures == 0:
+        return "healthy"
+    return "degraded" if failures / runs < DEGRADED_BELOW else "down"
+
+
+def availability(runs: int, failures: int) -> float | None:
+    return round(100.0 * (runs - failures) / runs, 2) if runs else None
+
+
+def merge_counts(into: dict, more: dict) -> dict:
+    for name, count in more.items():
+        into[str(name)] = into.get(str(name), 0) + count
+    return into
+
+
+def record_run(run: HealthRun) -> HealthTarget:
+    """Fold one new run into its rollup, the target's summary, state and incidents."""
+    failed = run.outcome == HealthRun.Outcome.DOWN
+    with transaction.atomic():
+        target = HealthTarget.objects.select_for_update().get(pk=run.target_id)
+        rollup, _ = HealthRollup.objects.select_for_update().get_or_create(target=target, bucket=bucket_of(run.started_at))
+        rollup.runs += 1
+        if failed:
+            rollup.failures += 1
+            merge_counts(rollup.errors, {run.error_kind or "exception": 1})
+        elif run.latency_ms is not None:
+            rollup.latency_sum_ms += run.latency_ms
+            merge_counts(rollup.latency_bins, {latency_bin(run.latency_ms): 1})
+        rollup.save()
+
+        now = timezone.now()
+        summary = summarize(target.pk, now)
+        _record_spend(target, run, now)
+        target.summary = summary
+        target.last_run_at = max(run.started_at, target.last_run_at or run.started_at)
+        if failed:
+            target.consecutive_failures += 1
+            target.consecutive_successes = 0
+        else:
+            target.consecutive_successes += 1
+            target.consecutive_failures = 0
+        _change_state(target, summary["state"], run.started_at)
+        target.save(update_fields=["summary", "last_run_at", "state", "consecutive_failures",
+                                   "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
+    return target
+
+
+def summarize(target_id: int, now: datetime) -> dict:
+    """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only."""
+    current = bucket_of(now)
+    rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - 24 * 12)
+                .values_list("bucket", "runs", "failures", "latency_bins", "errors"))
+    bins, errors = {}, {}
+    totals = {"1h": [0, 0], "24h": [0, 0]}
+    for bucket, runs, failures, latency_bins, error_counts in rows:
+        merge_counts(bins, latency_bins)
+        merge_counts(errors, error_counts)
+        totals["24h"][0] += runs
+        totals["24h"][1] += failures
+        if bucket > current - 12:
+            totals["1h"][0] += runs
+            totals["1h"][1] += failures
+    week = HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - 7 * 24 * 12).aggregate(
+        runs=Sum("runs"), failures=Sum("failures"))
+    totals["7d"] = [week["runs"] or 0, week["failures"] or 0]
+    return {
+        "state": state_of(*totals["1h"]),
+        "availability": {name: availability(*totals[name]) for name in WINDOWS},
+        "runs": {name: totals[name][0] for name in WINDOWS},
+        "p50_ms": percentile(bins, 0.50),
+        "p95_ms": percentile(bins, 0.95),
+        "errors": dict(sorted(errors.items(), key=lambda item: -item[1])),
+    }
+
+
+def _record_spend(target: HealthTarget, run: HealthRun, now: datetime) -> None:
+    month = now.strftime("%Y-%m")
+    if target.spend_month != month:
+        target.spend_month, target.spend_month_usd = month, Decimal(0)
+    if run.cost_usd:
+        target.spend_month_usd += run.cost_usd
+        target.spend_total_usd += run.cost_usd
+
+
+def _change_state(target: HealthTarget, state: str, at: datetime) -> None:
+    """A change of state closes the open incident, and opens one for degraded or down."""
+    if state == target.state:
+        return
+    HealthIncident.objects.filter(target=target, ended_at__isnull=True).update(ended_at=at)
+    if state in ("degraded", "down"):
+        HealthIncident.objects.create(target=target, state=state, started_at=at)
+    target.state = state
+
+
+def current_state(target: HealthTarget, now: datetime | None = None) -> str:
+    """The stored state, or unknown when the target has had no run in the last hour."""
+    now = now or timezone.now()
+    if target.last_run_at is None or now - target.last_run_at > WINDOWS["1h"]:
+        return "unknown"
+    return target.state
+
+
+def strip(target_ids: list[int], now: datetime | None = None, hours: int = 24) -> dict[int, list[dict]]:
+    """Per target, one bar per strip interval over the last `hours`: oldest first, with its
+    availability (None: no runs). One grouped query for all targets."""
+    now = now or timezone.now()
+    per_bar = max(setting("HEALTH_STRIP_BAR_MINUTES") * 60 // BUCKET_S, 1)
+    last_bar = bucket_of(now) // per_bar
+    bars = hours * 12 // per_bar
+    first_bar = last_bar - bars + 1
+    rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
+            .annotate(bar=F("bucket") / per_bar).values("target_id", "bar")
+            .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
+    found = {(row["target_id"], row["bar"]): (row["runs"], row["failures"]) for row in rows}
+    starts = [(bar, bucket_start(bar * per_bar)) for bar in range(first_bar, last_bar + 1)]
+    labels = {bar: f"{start:%H:%M}" for bar, start in starts}
+    out = {}
+    for target_id in target_ids:
+        bars = out[target_id] = []
+        for bar, start in starts:
+            runs, failures = found.get((target_id, bar), (0, 0))
+            bars.append({"start": start, "label": labels[bar], "runs": runs, "availability": availability(runs, failures)})
+    return out
