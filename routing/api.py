@@ -6,7 +6,7 @@ from ninja import Router
 from llmgateway.errors import InvalidRequest, ModelNotFound, UnsupportedMediaType
 from providers.wire.jsonbody import NotJson, load_body
 
-from . import proxy
+from . import proxy, sideroutes
 from .endpoints import ENDPOINTS, Endpoint
 
 router = Router()
@@ -36,11 +36,21 @@ def to_response(outcome: proxy.Outcome):
                         headers=outcome.headers)
 
 
+# Request headers the pipeline reads (lower-case name -> META key); nothing else is copied.
+READ_HEADERS = {name: "HTTP_" + name.upper().replace("-", "_")
+                for name in ("anthropic-beta", "anthropic-version", "x-session-id", "session_id")}
+
+
+def inbound_for(request, endpoint: Endpoint, body: dict | None = None) -> proxy.Inbound:
+    meta = request.META
+    headers = {name: meta[key] for name, key in READ_HEADERS.items() if key in meta}
+    return proxy.Inbound(endpoint=endpoint, body=parse_body(request) if body is None else body, raw=request.body,
+                         headers=headers, key=request.auth, record=request.gateway_record)
+
+
 def proxy_view(endpoint: Endpoint):
     async def view(request):
-        inbound = proxy.Inbound(endpoint=endpoint, body=parse_body(request), raw=request.body, headers={},
-                                key=request.auth, record=request.gateway_record)
-        return to_response(await proxy.serve(inbound))
+        return to_response(await proxy.serve(inbound_for(request, endpoint)))
 
     view.__name__ = f"proxy_{endpoint.name}"
     return view
@@ -50,6 +60,22 @@ for _endpoint in ENDPOINTS.values():
     if _endpoint.proxied:
         router.add_api_operation(_endpoint.path.removeprefix("/v1"), [_endpoint.method], proxy_view(_endpoint),
                                  operation_id=_endpoint.name)
+
+
+@router.api_operation(["POST"], "/messages/count_tokens")
+async def count_tokens(request):
+    return to_response(await sideroutes.count_tokens(inbound_for(request, ENDPOINTS["count_tokens"])))
+
+
+@router.api_operation(["POST"], "/responses/compact")
+async def compact_response(request):
+    return to_response(await sideroutes.compact(inbound_for(request, ENDPOINTS["responses_compact"])))
+
+
+@router.api_operation(["GET"], "/responses/{response_id}")
+async def retrieve_response(request, response_id: str):
+    inbound = inbound_for(request, ENDPOINTS["response"], body={})
+    return to_response(await sideroutes.retrieve_response(inbound, response_id))
 
 
 def _model_object(route, model_id: str) -> dict:

@@ -48,6 +48,10 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
 
+# Operations whose answers are messages (read for usage, translated); others pass as they are.
+# (The log writer reads OpenAI chat answers itself.)
+ANSWERED_AS_MESSAGES = frozenset({"chat", "responses"})
+
 _key_turns: dict[int, itertools.count] = {}  # provider id -> counter, for taking keys in turn
 
 
@@ -285,7 +289,9 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
     # comes back as received. Otherwise through the hub, both ways.
     native = client_wire == adapter.wire
     if client_wire == "openai_responses" and provider.native_responses:
-        native, operation = True, "responses"
+        native = True
+        if operation == "chat":
+            operation = "responses"
     upstream_wire = client_wire if native else adapter.wire
     if not native:
         try:
@@ -327,7 +333,7 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
                 if not _looks_whole(content):
                     raise AttemptFailed(Failure("bad_answer", retryable=True,
                                                 detail="malformed answer (not a whole JSON object)"))
-                if not client_wire == upstream_wire == "openai_chat":  # (the log writer reads those)
+                if operation in ANSWERED_AS_MESSAGES and not client_wire == upstream_wire == "openai_chat":
                     content = _answer_for_client(record, content, upstream_wire, client_wire, inbound.body)
         except AttemptFailed:
             raise

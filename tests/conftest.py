@@ -259,3 +259,13 @@ def wait_for_log(request_id: str, timeout: float = 10):
             return row
         time.sleep(0.05)
     raise AssertionError(f"no request log row for {request_id}")
+
+
+# Slow end-to-end modules: real browsers, real CLIs, real Celery beat. CI runs them once.
+E2E_MODULES = ("test_admin_browser", "test_health_live", "test_clients_e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)

@@ -173,3 +173,40 @@ def test_errors_come_back_in_the_clients_own_shape(sdk, routes, client, upstream
     if client == "messages":
         assert caught.value.response.json()["type"] == "error"
     assert "bad things" in str(body)
+
+
+def test_count_tokens_is_the_upstreams_for_anthropic_and_a_marked_estimate_otherwise(sdk, routes, mock_upstream):
+    names, secret = routes
+    mock_upstream.clear()
+    local = sdk["anthropic"].messages.with_raw_response.count_tokens(
+        model=names["openai"], messages=[{"role": "user", "content": "count these words please"}])
+    assert local.headers["x-gateway-token-count"] == "estimate"
+    assert local.parse().input_tokens > 3
+    assert mock_upstream.requests == []  # no upstream's rate limit spent
+    upstream = sdk["anthropic"].messages.with_raw_response.count_tokens(
+        model=names["anthropic"], messages=[{"role": "user", "content": "count these words please"}])
+    assert "x-gateway-token-count" not in upstream.headers
+    assert mock_upstream.requests[-1]["path"] == "/v1/messages/count_tokens"
+
+
+def test_anthropic_beta_goes_only_to_anthropic_upstreams(sdk, routes, mock_upstream):
+    names, _ = routes
+    for upstream in ("anthropic", "openai"):
+        mock_upstream.clear()
+        sdk["anthropic"].messages.create(model=names[upstream], max_tokens=50,
+                                         messages=[{"role": "user", "content": "hi"}],
+                                         extra_headers={"anthropic-beta": "made-up-beta-2099"})
+        sent = mock_upstream.requests[-1]["headers"].get("anthropic-beta")
+        assert sent == ("made-up-beta-2099" if upstream == "anthropic" else None)
+
+
+def test_stored_responses_and_compaction_need_an_upstream_that_speaks_responses(sdk, routes):
+    names, _ = routes
+    with pytest.raises(openai.BadRequestError):
+        sdk["openai"].responses.retrieve("resp_123")
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk["openai"].post("/responses/compact", body={"model": names["openai"], "input": "hi"}, cast_to=object)
+    assert caught.value.status_code == 501
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk["openai"].responses.create(model=names["openai"], input="hi", previous_response_id="resp_123")
+    assert "previous_response_id" in str(caught.value.body)

@@ -8,7 +8,7 @@ import json
 from .base import UpstreamRequest
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
-         "responses": "/responses"}
+         "responses": "/responses", "responses_compact": "/responses/compact"}
 
 
 class OpenAIAdapter:

@@ -56,7 +56,8 @@ def validate_request(body: dict) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidField(f"messages.{i}", "Each message must be an object.")
-        if message.get("role") not in ("user", "assistant"):
+        # Claude Code sends its environment notes as a "system" message after the user turn.
+        if message.get("role") not in ("user", "assistant", "system"):
             raise InvalidField(f"messages.{i}.role", "`role` must be \"user\" or \"assistant\".")
         content = message.get("content")
         if not isinstance(content, (str, list)):
@@ -219,6 +220,8 @@ def _read_message(message: dict, where: str, req: hub.Request) -> list[hub.Messa
     parts = [_read_block(block, f"{where}.content.{j}", req) for j, block in enumerate(content)]
     if message["role"] == "assistant":
         return [hub.Message(hub.Role.ASSISTANT, parts)]
+    if message["role"] == "system":
+        return [hub.Message(hub.Role.SYSTEM, parts)]
     runs: list[hub.Message] = []
     for part in parts:
         role = hub.Role.TOOL if isinstance(part, hub.ToolResult) else hub.Role.USER
