@@ -1,0 +1,106 @@
+"""Claude Code and Codex CLI, end to end and offline: CLI -> gateway -> chat-only upstream.
+
+Each test lets the real CLI run one tool round trip through the gateway: the mock upstream
+answers the prompt with a tool call whose argument is the prompt itself (a shell command),
+the CLI runs it, sends the output back, and the mock's final text quotes it. The command
+reads a file holding a fresh random token that appears in no prompt, so the token can only
+reach the final answer through the tool. Install the CLIs with .ci/clients-deps.
+"""
+import secrets
+
+import pytest
+
+from .clients import CLAUDE, CODEX, run_claude, run_codex
+from .conftest import PROVIDER_SECRET, wait_for_model
+from .factories import make_key, make_provider, make_route
+
+pytestmark = pytest.mark.e2e
+
+needs_claude = pytest.mark.skipif(CLAUDE is None, reason="the `claude` CLI is not installed (.ci/clients-deps)")
+needs_codex = pytest.mark.skipif(CODEX is None, reason="the `codex` CLI is not installed (.ci/clients-deps)")
+
+
+@pytest.fixture
+def chat_route(live, mock_upstream, db_access):
+    """A virtual model whose only target is an OpenAI-compatible (chat completions) upstream,
+    and a virtual key for it: (model name, key secret)."""
+    provider = make_provider(mock_upstream.base_url)
+    route = make_route((provider, "gpt-4o-mini"))
+    _, secret = make_key(routes=[route])
+    wait_for_model(live, route.name, key=secret)
+    return route.name, secret
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A working directory with note.txt holding a token no prompt contains."""
+    token = f"note-{secrets.token_hex(8)}"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "note.txt").write_text(token + "\n")
+    return work, token
+
+
+def chat_requests(mock_upstream):
+    return [r for r in mock_upstream.requests if r["path"] == "/v1/chat/completions"]
+
+
+def tool_messages(request):
+    return [m for m in request["json"]["messages"] if m.get("role") == "tool"]
+
+
+def assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret):
+    calls = chat_requests(mock_upstream)
+    assert len(calls) == 2, [r["path"] for r in mock_upstream.requests]
+    first, second = (c["json"] for c in calls)
+    assert first["tools"] and not tool_messages(calls[0])
+    assert any(token in str(m.get("content")) for m in tool_messages(calls[1]))
+    assert second["model"] == "gpt-4o-mini"
+    # The upstream sees the provider's key, never the client's virtual key.
+    assert {c["api_key"] for c in calls} == {PROVIDER_SECRET}
+    assert all(secret not in str(c) for c in mock_upstream.requests)
+
+
+@needs_claude
+def test_claude_code_runs_a_bash_tool_through_messages_to_a_chat_upstream(live, mock_upstream, chat_route,
+                                                                          workspace, tmp_path):
+    model, secret = chat_route
+    work, token = workspace
+
+    run = run_claude(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
+                     cwd=work, home=tmp_path / "home")
+
+    # Both CLIs can exit 0 having printed nothing useful: the text is what counts.
+    assert f"the tool said: {token}" in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
+
+
+@needs_codex
+def test_codex_runs_a_shell_command_through_responses_to_a_chat_upstream(live, mock_upstream, chat_route,
+                                                                         workspace, tmp_path):
+    model, secret = chat_route
+    work, token = workspace
+
+    run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
+                    cwd=work, home=tmp_path / "home")
+
+    assert "the tool said: " in run.stdout and token in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
+
+
+@needs_codex
+def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(live, mock_upstream, chat_route,
+                                                                               workspace, tmp_path):
+    model, secret = chat_route
+    work, token = workspace
+
+    run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
+                    cwd=work, home=tmp_path / "home", websockets=True)
+
+    assert token in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
+    # Only a 426 to the upgrade makes Codex switch to HTTP at once; any other refusal
+    # (403, 404, 500, a close frame) costs five reconnects with backoff first.
+    assert "falling back to HTTP" in run.stderr
+    assert "Reconnecting" not in run.stderr, run.stderr[-2000:]
+    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
+
