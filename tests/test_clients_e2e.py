@@ -9,15 +9,23 @@ reach the final answer through the tool. Install the CLIs with .ci/clients-deps.
 import secrets
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from .clients import CLAUDE, CODEX, run_claude, run_codex
-from .conftest import PROVIDER_SECRET, wait_for_model
+from .conftest import FULL_KEY, PROVIDER_SECRET, wait_for_model
 from .factories import make_key, make_provider, make_route
 
-pytestmark = pytest.mark.e2e
 
-needs_claude = pytest.mark.skipif(CLAUDE is None, reason="the `claude` CLI is not installed (.ci/clients-deps)")
-needs_codex = pytest.mark.skipif(CODEX is None, reason="the `codex` CLI is not installed (.ci/clients-deps)")
+
+def needs(binary, name):
+    """Mark a test as driving the `name` CLI: e2e, and skipped when it is not installed."""
+    skip = pytest.mark.skipif(binary is None, reason=f"the `{name}` CLI is not installed (.ci/clients-deps)")
+    return lambda test: pytest.mark.e2e(skip(test))
+
+
+needs_claude = needs(CLAUDE, "claude")
+needs_codex = needs(CODEX, "codex")
 
 
 @pytest.fixture
@@ -104,3 +112,10 @@ def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(l
     assert "Reconnecting" not in run.stderr, run.stderr[-2000:]
     assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
 
+
+
+def test_a_websocket_handshake_on_the_api_is_refused_with_426_upgrade_required(live):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(live.url.replace("http://", "ws://") + "/v1/responses", open_timeout=5,
+                additional_headers={"Authorization": f"Bearer {FULL_KEY}"})
+    assert refused.value.response.status_code == 426
