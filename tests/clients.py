@@ -44,8 +44,9 @@ def _isolated_env(home: Path, **extra: str) -> dict:
 
 
 def run_claude(*, gateway_url: str, key: str, model: str, prompt: str, cwd: Path, home: Path,
-               tools: str = "Bash") -> CliRun:
-    """`claude -p` against the gateway's /v1/messages, allowed to run only `tools`, unprompted.
+               tools: str = "Bash", bare: bool = True) -> CliRun:
+    """`claude -p` against the gateway's /v1/messages, allowed to run only `tools` ("" for
+    none), unprompted.
 
     --bare keeps the request to the prompt alone: no CLAUDE.md, skills, hooks or the
     <system-reminder> blocks Claude Code otherwise puts before the prompt in the user turn.
@@ -64,8 +65,8 @@ def run_claude(*, gateway_url: str, key: str, model: str, prompt: str, cwd: Path
         CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY="1",
     )
     # --dangerously-skip-permissions is refused as root; allowing the tool by name works for anyone.
-    argv = [CLAUDE, "-p", prompt, "--bare", "--model", model, "--tools", tools, "--allowedTools", tools,
-            "--no-session-persistence", "--output-format", "text"]
+    argv = [CLAUDE, "-p", prompt, *(["--bare"] if bare else []), "--model", model, "--tools", tools,
+            *(["--allowedTools", tools] if tools else []), "--no-session-persistence", "--output-format", "text"]
     return _run(argv, env, cwd)
 
 

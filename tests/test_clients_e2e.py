@@ -83,6 +83,24 @@ def test_claude_code_runs_a_bash_tool_through_messages_to_a_chat_upstream(live, 
     assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
 
 
+@needs_claude
+@pytest.mark.xfail(strict=True, reason="/v1/messages rejects the role: system message Claude Code sends "
+                                       "in its default mode (docs/clients.md, 'What the gateway must accept')")
+def test_claude_code_in_its_default_mode_gets_an_answer_from_a_chat_upstream(live, mock_upstream, chat_route,
+                                                                             workspace, tmp_path):
+    model, secret = chat_route
+    work, _ = workspace
+
+    # Without --bare, Claude Code moves its environment notes into a message of role "system".
+    run = run_claude(gateway_url=live.url, key=secret, model=model, prompt="Say hello", cwd=work,
+                     home=tmp_path / "home", tools="", bare=False)
+
+    assert run.stdout.startswith("Hello from mock:"), (run.returncode, run.stdout, run.stderr[-2000:])
+    calls = chat_requests(mock_upstream)
+    assert calls and any(m["role"] == "system" and "You are powered by the model" in str(m["content"])
+                         for m in calls[-1]["json"]["messages"])
+
+
 @needs_codex
 def test_codex_runs_a_shell_command_through_responses_to_a_chat_upstream(live, mock_upstream, chat_route,
                                                                          workspace, tmp_path):
@@ -119,3 +137,4 @@ def test_a_websocket_handshake_on_the_api_is_refused_with_426_upgrade_required(l
         connect(live.url.replace("http://", "ws://") + "/v1/responses", open_timeout=5,
                 additional_headers={"Authorization": f"Bearer {FULL_KEY}"})
     assert refused.value.response.status_code == 426
+
