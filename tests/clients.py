@@ -13,8 +13,9 @@ from pathlib import Path
 CLAUDE = shutil.which("claude")
 CODEX = shutil.which("codex")
 
-# Both CLIs retry a failing request with backoff; a run that hangs must not hang the suite.
-RUN_TIMEOUT_S = float(os.environ.get("CLIENTS_E2E_TIMEOUT_S", 120))
+# A passing run takes seconds. Both CLIs retry failing requests with backoff (Claude Code keeps
+# retrying a gateway 500 for minutes): a run that hangs must not hang the suite.
+RUN_TIMEOUT_S = float(os.environ.get("CLIENTS_E2E_TIMEOUT_S", 60))
 
 
 @dataclass
