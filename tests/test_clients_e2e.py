@@ -5,6 +5,7 @@ answers the prompt with a tool call whose argument is the prompt itself (a shell
 the CLI runs it, sends the output back, and the mock's final text quotes it. The command
 reads a file holding a fresh random token that appears in no prompt, so the token can only
 reach the final answer through the tool. Install the CLIs with .ci/clients-deps.
+The last test needs no CLI: the API refuses WebSocket handshakes the way Codex understands.
 """
 import secrets
 
@@ -15,7 +16,6 @@ from websockets.sync.client import connect
 from .clients import CLAUDE, CODEX, run_claude, run_codex
 from .conftest import FULL_KEY, PROVIDER_SECRET, wait_for_model
 from .factories import make_key, make_provider, make_route
-
 
 
 def needs(binary, name):
@@ -137,4 +137,3 @@ def test_a_websocket_handshake_on_the_api_is_refused_with_426_upgrade_required(l
         connect(live.url.replace("http://", "ws://") + "/v1/responses", open_timeout=5,
                 additional_headers={"Authorization": f"Bearer {FULL_KEY}"})
     assert refused.value.response.status_code == 426
-
