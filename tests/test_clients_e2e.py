@@ -1,4 +1,5 @@
-"""Claude Code and Codex CLI, end to end and offline: CLI -> gateway -> chat-only upstream.
+"""Claude Code and Codex CLI, end to end and offline: CLI -> gateway -> upstream, above all a
+chat-only upstream (translated both ways), and one that speaks the CLI's own format.
 
 Each test lets the real CLI run one tool round trip through the gateway: the mock upstream
 answers the prompt with a tool call whose argument is the prompt itself (a shell command),
@@ -7,6 +8,7 @@ reads a file holding a fresh random token that appears in no prompt, so the toke
 reach the final answer through the tool. Install the CLIs with .ci/clients-deps.
 The last test needs no CLI: the API refuses WebSocket handshakes the way Codex understands.
 """
+import json
 import secrets
 
 import pytest
@@ -28,15 +30,27 @@ needs_claude = needs(CLAUDE, "claude")
 needs_codex = needs(CODEX, "codex")
 
 
+# How each kind of upstream is configured, and the path the mock sees its requests on.
+UPSTREAMS = {
+    "chat": ({}, "/v1/chat/completions"),  # OpenAI-compatible, chat completions only
+    "anthropic": ({"type": "anthropic"}, "/v1/messages"),  # Messages in, Messages out: no translation
+    "responses": ({"native_responses": True}, "/v1/responses"),  # speaks Responses: no translation
+}
+UPSTREAM_MODEL = "gpt-4o-mini"
+
+
 @pytest.fixture
-def chat_route(live, mock_upstream, db_access):
-    """A virtual model whose only target is an OpenAI-compatible (chat completions) upstream,
+def route_to(live, mock_upstream, db_access):
+    """route_to(kind): a virtual model whose only target is the mock as that kind of upstream,
     and a virtual key for it: (model name, key secret)."""
-    provider = make_provider(mock_upstream.base_url)
-    route = make_route((provider, "gpt-4o-mini"))
-    _, secret = make_key(routes=[route])
-    wait_for_model(live, route.name, key=secret)
-    return route.name, secret
+    def make(kind):
+        fields, _ = UPSTREAMS[kind]
+        route = make_route((make_provider(mock_upstream.base_url, **fields), UPSTREAM_MODEL))
+        _, secret = make_key(routes=[route])
+        wait_for_model(live, route.name, key=secret)
+        return route.name, secret
+
+    return make
 
 
 @pytest.fixture
@@ -49,30 +63,26 @@ def workspace(tmp_path):
     return work, token
 
 
-def chat_requests(mock_upstream):
-    return [r for r in mock_upstream.requests if r["path"] == "/v1/chat/completions"]
+def upstream_requests(mock_upstream, kind):
+    return [r for r in mock_upstream.requests if r["method"] == "POST" and r["path"] == UPSTREAMS[kind][1]]
 
 
-def tool_messages(request):
-    return [m for m in request["json"]["messages"] if m.get("role") == "tool"]
-
-
-def assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret):
-    calls = chat_requests(mock_upstream)
-    assert len(calls) == 2, [r["path"] for r in mock_upstream.requests]
-    first, second = (c["json"] for c in calls)
-    assert first["tools"] and not tool_messages(calls[0])
-    assert any(token in str(m.get("content")) for m in tool_messages(calls[1]))
-    assert second["model"] == "gpt-4o-mini"
+def assert_one_tool_round_trip_reached_the_upstream(mock_upstream, kind, token, secret):
+    calls = upstream_requests(mock_upstream, kind)
+    assert len(calls) == 2, [(r["method"], r["path"]) for r in mock_upstream.requests]
+    first, second = (json.dumps(c["json"]) for c in calls)
+    # The token is in no prompt: only the tool's output, sent back in the second turn, holds it.
+    assert calls[0]["json"]["tools"] and token not in first and token in second
+    assert {c["json"]["model"] for c in calls} == {UPSTREAM_MODEL}
     # The upstream sees the provider's key, never the client's virtual key.
     assert {c["api_key"] for c in calls} == {PROVIDER_SECRET}
-    assert all(secret not in str(c) for c in mock_upstream.requests)
+    assert all(secret not in str(r) for r in mock_upstream.requests)
 
 
 @needs_claude
-def test_claude_code_runs_a_bash_tool_through_messages_to_a_chat_upstream(live, mock_upstream, chat_route,
-                                                                          workspace, tmp_path):
-    model, secret = chat_route
+@pytest.mark.parametrize("upstream", ["chat", "anthropic"])
+def test_claude_code_runs_a_bash_tool_through_messages(live, mock_upstream, route_to, upstream, workspace, tmp_path):
+    model, secret = route_to(upstream)
     work, token = workspace
 
     run = run_claude(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
@@ -80,15 +90,15 @@ def test_claude_code_runs_a_bash_tool_through_messages_to_a_chat_upstream(live, 
 
     # Both CLIs can exit 0 having printed nothing useful: the text is what counts.
     assert f"the tool said: {token}" in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
-    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
+    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, upstream, token, secret)
 
 
 @needs_claude
 @pytest.mark.xfail(strict=True, reason="/v1/messages rejects the role: system message Claude Code sends "
                                        "in its default mode (docs/clients.md, 'What the gateway must accept')")
-def test_claude_code_in_its_default_mode_gets_an_answer_from_a_chat_upstream(live, mock_upstream, chat_route,
+def test_claude_code_in_its_default_mode_gets_an_answer_from_a_chat_upstream(live, mock_upstream, route_to,
                                                                              workspace, tmp_path):
-    model, secret = chat_route
+    model, secret = route_to("chat")
     work, _ = workspace
 
     # Without --bare, Claude Code moves its environment notes into a message of role "system".
@@ -96,28 +106,28 @@ def test_claude_code_in_its_default_mode_gets_an_answer_from_a_chat_upstream(liv
                      home=tmp_path / "home", tools="", bare=False)
 
     assert run.stdout.startswith("Hello from mock:"), (run.returncode, run.stdout, run.stderr[-2000:])
-    calls = chat_requests(mock_upstream)
+    calls = upstream_requests(mock_upstream, "chat")
     assert calls and any(m["role"] == "system" and "You are powered by the model" in str(m["content"])
                          for m in calls[-1]["json"]["messages"])
 
 
 @needs_codex
-def test_codex_runs_a_shell_command_through_responses_to_a_chat_upstream(live, mock_upstream, chat_route,
-                                                                         workspace, tmp_path):
-    model, secret = chat_route
+@pytest.mark.parametrize("upstream", ["chat", "responses"])
+def test_codex_runs_a_shell_command_through_responses(live, mock_upstream, route_to, upstream, workspace, tmp_path):
+    model, secret = route_to(upstream)
     work, token = workspace
 
     run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
                     cwd=work, home=tmp_path / "home")
 
     assert "the tool said: " in run.stdout and token in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
-    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
+    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, upstream, token, secret)
 
 
 @needs_codex
-def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(live, mock_upstream, chat_route,
+def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(live, mock_upstream, route_to,
                                                                                workspace, tmp_path):
-    model, secret = chat_route
+    model, secret = route_to("chat")
     work, token = workspace
 
     run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
@@ -128,8 +138,7 @@ def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(l
     # (403, 404, 500, a close frame) costs five reconnects with backoff first.
     assert "falling back to HTTP" in run.stderr
     assert "Reconnecting" not in run.stderr, run.stderr[-2000:]
-    assert_one_tool_round_trip_reached_the_chat_upstream(mock_upstream, token, secret)
-
+    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, "chat", token, secret)
 
 
 def test_a_websocket_handshake_on_the_api_is_refused_with_426_upgrade_required(live):
