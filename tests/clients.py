@@ -59,6 +59,7 @@ def run_claude(*, gateway_url: str, key: str, model: str, prompt: str, cwd: Path
         ANTHROPIC_MODEL=model,
         ANTHROPIC_SMALL_FAST_MODEL=model,  # background calls (titles, summaries) use the same route
         ANTHROPIC_DEFAULT_HAIKU_MODEL=model,
+        CLAUDE_CODE_MAX_CONTEXT_TOKENS="128000",  # the window of a model name Claude Code doesn't know
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_TELEMETRY="1",
         DISABLE_ERROR_REPORTING="1",
