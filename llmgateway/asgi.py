@@ -5,6 +5,10 @@ API paths (/v1 and the OpenAI-compatible path variants, see routing/endpoints.py
 uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status page)
 gets Django's full stack. Daphne serves this application as it is: every route here is
 HTTP, so Channels' protocol router would only add a layer to every request.
+
+The API speaks no WebSocket: a WebSocket handshake on an API path (Codex tries one on
+/v1/responses first) is answered 426 Upgrade Required, the one answer after which Codex
+switches to HTTP at once instead of reconnecting five times with backoff (docs/clients.md).
 """
 import atexit
 import os
@@ -20,6 +24,40 @@ from routing.endpoints import canonical_path  # noqa: E402
 site_application = get_asgi_application()
 
 
+def allow_websocket_denial_responses():
+    """Let Daphne refuse a WebSocket handshake with any status, through the ASGI WebSocket
+    Denial Response extension (websocket.http.response.start). Daphne 4 can refuse only with
+    403 (websocket.close before accept) or 500 (an exception). autobahn sends the status line
+    alone: the extension's headers and body are dropped."""
+    from http import HTTPStatus
+
+    from autobahn.websocket.types import ConnectionDeny
+    from daphne.ws_protocol import WebSocketProtocol
+
+    handle_reply = WebSocketProtocol.handle_reply
+    if getattr(handle_reply, "denies_with_status", False):
+        return
+
+    def handle_reply_with_denials(self, message):
+        kind = message.get("type")
+        if kind == "websocket.http.response.start" and hasattr(self, "handshake_deferred"):
+            status = int(message["status"])
+            self.handshake_deferred.errback(ConnectionDeny(code=status, reason=HTTPStatus(status).phrase))
+            del self.handshake_deferred
+            self.server.protocol_disconnected(self)
+        elif kind != "websocket.http.response.body":  # the status line has been sent already
+            handle_reply(self, message)
+
+    handle_reply_with_denials.denies_with_status = True
+    WebSocketProtocol.handle_reply = handle_reply_with_denials
+
+
+async def refuse_websocket(receive, send):
+    await receive()  # websocket.connect
+    await send({"type": "websocket.http.response.start", "status": 426, "headers": []})
+    await send({"type": "websocket.http.response.body", "body": b"This API speaks HTTP only.\n"})
+
+
 class Dispatcher:
     def __init__(self):
         self.api = ApiHandler(body_limit=settings.GATEWAY_MAX_BODY_BYTES, urlconf="llmgateway.api_urls")
@@ -31,9 +69,12 @@ class Dispatcher:
                 if path != scope["path"]:
                     scope = {**scope, "path": path, "raw_path": path.encode()}
                 return await self.api.handle(scope, receive, send)
+        elif scope["type"] == "websocket" and canonical_path(scope["path"]) is not None:
+            return await refuse_websocket(receive, send)
         return await site_application(scope, receive, send)
 
 
+allow_websocket_denial_responses()
 application = Dispatcher()
 watch_for_shutdown()
 atexit.register(runtime.close_at_exit)
