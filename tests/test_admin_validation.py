@@ -91,7 +91,7 @@ def test_a_negative_budget_is_refused_by_both(staff):
 
 def test_a_health_interval_below_its_minimum_is_refused_by_the_file():
     lines = config_errors("monitoring:\n  default_interval_s: 2\n")
-    assert "monitoring.default_interval_s: must be at least 10" in lines
+    assert "monitoring.default_interval_s: must be at least 30" in lines
 
 
 def test_a_preset_fills_in_a_providers_type_and_base_url_in_the_file():
