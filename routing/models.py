@@ -23,6 +23,10 @@ class Route(models.Model):
         default=list, blank=True, help_text="Upstream status codes worth another attempt; empty means 408, 409, 429 and 5xx."
     )
     cooldown_s = models.PositiveIntegerField(default=30, help_text="Seconds a failing target or key sits out.")
+    session_ttl_s = models.PositiveIntegerField(
+        "session affinity (s)", default=3600,
+        help_text="Follow-ups of one conversation go to the same target for this long after its last "
+                  "request, while that target is healthy. 0 turns session affinity off.")
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
