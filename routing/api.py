@@ -36,10 +36,24 @@ def to_response(outcome: proxy.Outcome):
                         headers=outcome.headers)
 
 
+# The few request headers the pipeline reads (lower-case name -> META name). Session headers:
+# Claude Code's, Codex's (session-id, or session_id: both arrive as HTTP_SESSION_ID), ours.
+PIPELINE_HEADERS = {
+    "x-claude-code-session-id": "HTTP_X_CLAUDE_CODE_SESSION_ID",
+    "session-id": "HTTP_SESSION_ID",
+    "x-session-id": "HTTP_X_SESSION_ID",
+}
+
+
+def pipeline_headers(meta) -> dict[str, str]:
+    return {name: meta[key] for name, key in PIPELINE_HEADERS.items() if key in meta}
+
+
 def proxy_view(endpoint: Endpoint):
     async def view(request):
-        inbound = proxy.Inbound(endpoint=endpoint, body=parse_body(request), raw=request.body, headers={},
-                                key=request.auth, record=request.gateway_record)
+        inbound = proxy.Inbound(endpoint=endpoint, body=parse_body(request), raw=request.body,
+                                headers=pipeline_headers(request.META), key=request.auth,
+                                record=request.gateway_record)
         return to_response(await proxy.serve(inbound))
 
     view.__name__ = f"proxy_{endpoint.name}"

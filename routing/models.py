@@ -111,6 +111,9 @@ class RequestLog(models.Model):
     error_message = models.TextField(blank=True)
     request_body = models.TextField(blank=True)
     response_body = models.TextField(blank=True)
+    note = models.CharField(
+        max_length=200, blank=True,
+        help_text="What routing or accounting decided worth knowing: a session that moved, an unpriced model.")
     sanitized = models.BooleanField(
         default=False, help_text="Some text was changed (or dropped) so that the database could store the row.")
 

@@ -6,6 +6,7 @@ type. The API handler calls `abandon` when it is done with a request, which ends
 nobody ended (the client left) and closes an upstream response nobody closed. This is also
 the place where a budget reservation is settled or released (see `end`).
 """
+import asyncio
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class RequestRecord:
-    __slots__ = ("log", "started", "key", "upstream_s", "upstream", "ended", "__weakref__")
+    __slots__ = ("log", "started", "key", "upstream_s", "upstream", "ended", "admission", "__weakref__")
 
     def __init__(self, entry: LogEntry, started: float):
         self.log = entry
@@ -29,6 +30,7 @@ class RequestRecord:
         self.upstream_s = 0.0  # time spent waiting on upstreams
         self.upstream = None  # the open upstream response, closed by whoever ends the record
         self.ended = False
+        self.admission = None  # keys.limits.Admission of a key with limits: settled or released in end()
 
     @classmethod
     def begin(cls, endpoint: str, client_ip: str | None = None) -> "RequestRecord":
@@ -63,8 +65,31 @@ class RequestRecord:
         if entry.overhead_ms is None:
             entry.overhead_ms = self.overhead_ms()
         entry.log_bodies = self.key is not None and self.key.log_bodies
-        # Budget reservations are settled (success) or released (anything else) here.
+        if self.admission is not None:
+            self._finish_admission(entry)
         requestlog.queue.record(entry)
+
+    def _finish_admission(self, entry: LogEntry) -> None:
+        """Settle the key's reservation to what was delivered (an answer, or a stream even if cut
+        short: billed for what the client got), or release it (nothing delivered: a failure,
+        a rejection, a client gone before the first byte). Off the hot path: a background task."""
+        from llmgateway import runtime
+
+        from .admission import finish
+
+        admission, self.admission = self.admission, None
+        delivered = entry.ttfb_ms is not None and (entry.stream or 200 <= (entry.status or 0) < 300)
+        if delivered and entry.price is None and admission.track_budget and "unpriced" not in entry.note:
+            entry.note = f"{entry.note}; unpriced model" if entry.note else "unpriced model"
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): the reservation expires by its TTL
+            log.warning("request %s ended outside an event loop; its reservation expires by its TTL",
+                        self.request_id)
+            return
+        task = loop.create_task(finish(admission, entry, delivered, runtime.current().redis))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
 
     def fail(self, error: GatewayError) -> None:
         self.end(error=error)
@@ -77,6 +102,9 @@ class RequestRecord:
         if not self.ended:
             self.end(error=GatewayError("Client closed the connection before the answer was complete.",
                                         status=499, kind="client_disconnected"))
+
+
+_pending: set = set()  # settlements running after their request ended
 
 
 async def close_quietly(response) -> None:

@@ -75,6 +75,7 @@ class LogEntry:
     stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
     log_bodies: bool = False  # the key's setting: store request and response text
+    note: str = ""  # what routing or accounting decided worth knowing (a session moved, an unpriced model)
 
     def __reduce__(self):
         # Pickled as a plain tuple: the dataclass default looks its fields up for every entry.
@@ -313,6 +314,7 @@ def _row(e: LogEntry):
         request_body=request_body,
         response_body=response_body,
         sanitized=any(changed for _, changed in texts),
+        note=e.note[:200],
     )
 
 

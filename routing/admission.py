@@ -1,0 +1,152 @@
+"""Admission of one request against its key's limits: what the request may cost, then ONE
+Redis call (keys.limits.admit), and afterwards the settlement of its real usage.
+
+    demand = Demand.of(endpoint, body, model, route)               # estimates, pure
+    admission, route = await admit_request(key, route, demand, redis)   # 429/403/503 raise
+    ... serve; the record settles or releases the admission when it ends (record.end) ...
+
+A request's largest cost is its estimated prompt (tiktoken) plus its largest output (the
+request's max_tokens, else the catalog's max output, else GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS)
+at the dearest price among the targets it may be served by. A budgeted key under the
+"refuse" unpriced policy is served only by priced targets. The monitoring key is never
+limited. Estimates are made only when something needs them: a limit of the key, or a
+catalog context window of a target.
+"""
+import dataclasses
+import logging
+
+from django.conf import settings
+
+from keys import limits
+from keys.auth import KeyEntry
+from providers import tokens
+from providers.wire import CODECS
+
+from .snapshot import RouteEntry
+
+log = logging.getLogger(__name__)
+
+_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+class Demand:
+    """What a request may take: its prompt tokens (counted once, on first need) and output."""
+
+    __slots__ = ("body", "model", "route", "requested_output", "no_output", "_prompt_tokens")
+
+    def __init__(self, body: dict, model: str, route: RouteEntry, requested_output: int, no_output: bool):
+        self.body = body
+        self.model = model
+        self.route = route
+        self.requested_output = requested_output  # the request's max_tokens (0: not given)
+        self.no_output = no_output  # embeddings: input only
+        self._prompt_tokens: int | None = None
+
+    @classmethod
+    def of(cls, endpoint, body: dict, model: str, route: RouteEntry) -> "Demand":
+        requested = 0
+        for name in _OUTPUT_FIELDS:
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                requested = value
+                break
+        return cls(body, model, route, requested, no_output=endpoint.name == "embeddings")
+
+    @property
+    def prompt_tokens(self) -> int:
+        if self._prompt_tokens is None:
+            target = self.route.targets[0] if self.route.targets else None
+            self._prompt_tokens = tokens.count_prompt_tokens(self.body, target.upstream_model if target else self.model)
+        return self._prompt_tokens
+
+    def prompt_tokens_if_windows(self) -> int | None:
+        """The prompt's tokens when a target has a known context window (else not counted)."""
+        if any(t.context_window for t in self.route.targets):
+            return self.prompt_tokens
+        return None
+
+    def output_tokens(self, target=None) -> int:
+        if self.no_output:
+            return 0
+        if self.requested_output:
+            return self.requested_output
+        if target is not None and target.max_output_tokens:
+            return target.max_output_tokens
+        catalog = [t.max_output_tokens for t in self.route.targets if t.max_output_tokens]
+        return max(catalog) if catalog else int(getattr(settings, "GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096))
+
+    def max_cost_usd(self, targets) -> float | None:
+        """The dearest the request can be among `targets` (None: none has a price)."""
+        costs = [t.price.cost(self.prompt_tokens, self.output_tokens(t)) for t in targets if t.price is not None]
+        return max(costs) if costs else None
+
+
+def has_limits(key: KeyEntry) -> bool:
+    return not key.is_monitoring and (key.rpm is not None or key.tpm is not None or key.budget_usd is not None)
+
+
+async def admit_request(key: KeyEntry, route: RouteEntry, demand: Demand, redis):
+    """(admission or None when the key has no limits, the route to plan with). Raises the
+    refusal: 429 (rate limit, budget spent) or 403 (no price to reserve against), or 503
+    when Redis is unreachable and the key's budget must not be skipped. Nothing is counted
+    for a refused request."""
+    if not has_limits(key):
+        return None, route
+    budgeted = key.budget_usd is not None
+    if budgeted and key.unpriced_policy != "admit_and_flag":
+        priced = tuple(t for t in route.targets if t.price is not None)
+        if priced and len(priced) < len(route.targets):
+            route = dataclasses.replace(route, targets=priced)
+    estimated = 0
+    if key.tpm is not None:
+        estimated = demand.prompt_tokens + demand.output_tokens()
+    max_cost = demand.max_cost_usd(route.targets) if budgeted else None
+    admission = await limits.admit(key, estimated_tokens=estimated, max_cost_usd=max_cost, redis=redis)
+    if not admission.allowed:
+        raise admission.error()
+    return admission, route
+
+
+# --- after the answer ---------------------------------------------------------------------------
+
+def delivered_usage(entry) -> tuple[int, float | None, bool]:
+    """(tokens, cost in dollars or None when the model has no price, estimated?) of what the
+    request delivered: the upstream's reported usage, else a tiktoken estimate of the prompt
+    and the delivered text (a stream cut short)."""
+    codec = CODECS.get(entry.wire)
+    usage = entry.usage
+    if usage is None and codec is not None:
+        if entry.response is not None:
+            usage = codec.usage_from_answer(entry.response)
+        elif entry.stream_events:
+            usage = codec.usage_from_events(entry.stream_events)
+    estimated = False
+    if usage is None:
+        estimated = True
+        model = entry.upstream_model or entry.model_requested
+        prompt = tokens.count_prompt_tokens(entry.body or {}, model)
+        if codec is None:
+            text = ""
+        elif entry.response is not None:
+            text = codec.text_from_answer(entry.response)
+        else:
+            text = codec.text_from_events(entry.stream_events or [])
+        input_tokens, output_tokens, cached = prompt, tokens.count_completion_tokens(text, model), 0
+    else:
+        input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+    cost = entry.price.cost(input_tokens, output_tokens, cached) if entry.price is not None else None
+    return input_tokens + output_tokens, cost, estimated
+
+
+async def finish(admission, entry, delivered: bool, redis) -> None:
+    """Settle the admission to what was delivered, or release it when nothing was."""
+    try:
+        if not delivered:
+            await limits.release(admission, redis=redis)
+            return
+        used, cost, _ = delivered_usage(entry)
+        if cost is None and admission.track_budget:
+            cost = 0.0  # served by an unpriced target (admit_and_flag): flagged in the log
+        await limits.settle(admission, actual_tokens=used, actual_cost_usd=cost, redis=redis)
+    except Exception:  # never let accounting break the request's end; the reservation's TTL frees it
+        log.exception("settling the admission of request %s failed", entry.request_id)
