@@ -190,8 +190,6 @@ class Plan:
             again.append(previous)  # the one that just failed, only when nothing else is left
         for retry, candidates in ((False, fresh), (True, again)):
             for target in candidates:
-                if target.provider.unusable:
-                    continue
                 key = pick_key(target.provider, self.unavailable_keys)
                 if key is False:
                     self.excluded.add(target.id)
