@@ -15,7 +15,13 @@ def sync_client() -> redis.Redis:
 
 
 def new_async_client() -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.REDIS_URL, **_TIMEOUTS)
+    # A blocking pool: under a burst, a request waits (up to the socket timeout) for one of
+    # the pool's connections instead of failing with "Too many connections", which the
+    # limits would take for an outage and serve uncounted.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=getattr(settings, "GATEWAY_REDIS_MAX_CONNECTIONS", 100),
+        timeout=_TIMEOUTS["socket_timeout"], **_TIMEOUTS)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
 
 
 def async_client() -> aioredis.Redis:

@@ -166,6 +166,9 @@ GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
 
+# Connections of each gateway process to Redis (requests beyond wait for one).
+GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=100)
+
 # Rate limits and budgets (keys/limits.py). Redis unreachable: rate limits fail open, budgets
 # fail closed, unless these say otherwise.
 GATEWAY_BUDGET_TIME_ZONE = env("GATEWAY_BUDGET_TIME_ZONE", default="") or TIME_ZONE
