@@ -1,7 +1,13 @@
 """Admin for providers, their keys (write-only secrets) and the model catalog."""
+import math
+import time
+from datetime import datetime, timezone as dt_timezone
+
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import models
+from django.utils import timezone
+from redis.exceptions import RedisError
 
 from .models import CatalogEntry, Provider, ProviderKey
 
@@ -76,10 +82,45 @@ class ProviderAdmin(admin.ModelAdmin):
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(admin.ModelAdmin):
     form = ProviderKeyForm
-    list_display = ["__str__", "provider", "label", "masked", "enabled", "weight", "created_at"]
+    list_display = ["__str__", "provider", "label", "masked", "enabled", "weight", "cooldown", "created_at"]
     list_filter = ["enabled", "provider__type", "provider"]
     search_fields = ["label", "provider__name"]
     list_select_related = ["provider"]
+    actions = ["clear_cooldowns"]
+
+    def get_changelist_instance(self, request):
+        # One MGET for the page's keys: when each cools until (shared by every gateway process).
+        changelist = super().get_changelist_instance(request)
+        rows = list(changelist.result_list)
+        from routing.resilience import key_cooldowns_sync  # routing's state of these keys (lazy: providers sits below routing)
+
+        try:
+            cooling = key_cooldowns_sync([k.pk for k in rows])
+        except RedisError:
+            cooling = None
+        for key in rows:
+            key.cooling_until = cooling.get(key.pk) if cooling is not None else "unknown"
+        return changelist
+
+    @admin.display(description="cooldown")
+    def cooldown(self, obj):
+        until = getattr(obj, "cooling_until", None)
+        if until == "unknown":
+            return "unknown (Redis unreachable)"
+        if until is None:
+            return "ready"
+        return f"cooling for {math.ceil(until - time.time())} s (until {timezone.localtime(datetime.fromtimestamp(until, dt_timezone.utc)):%H:%M:%S})"
+
+    @admin.action(description="Clear the cooldown of the selected keys (every gateway process)")
+    def clear_cooldowns(self, request, queryset):
+        from routing.resilience import clear_key_cooldowns_sync
+
+        try:
+            cleared = clear_key_cooldowns_sync(list(queryset.values_list("pk", flat=True)))
+        except RedisError:
+            self.message_user(request, "Redis is unreachable: no cooldown was cleared.", messages.ERROR)
+            return
+        self.message_user(request, f"Cleared the cooldown of {cleared} key(s).", messages.SUCCESS)
 
     def get_fields(self, request, obj=None):
         return ["provider", *ProviderKeyForm.Meta.fields, "masked"]

@@ -530,3 +530,32 @@ def cooldown_seconds(retry_at: float | None, now: float | None = None) -> float 
     if retry_at is None:
         return None
     return max(math.ceil(retry_at - (time.time() if now is None else now)), 0)
+
+
+# --- for the admin (synchronous; never on the hot path) -------------------------------------
+
+def key_cooldowns_sync(provider_key_ids: Sequence[int], *, redis=None) -> dict[int, float]:
+    """provider key id -> epoch s until which it cools, for the keys that cool now (ONE MGET).
+    Raises RedisError when Redis is unreachable."""
+    from llmgateway.redis import sync_client
+
+    ids = list(provider_key_ids)
+    if not ids:
+        return {}
+    values = (redis or sync_client()).mget([cooldown_key(k) for k in ids])
+    now = time.time()
+    return {k: int(v) / 1000 for k, v in zip(ids, values) if v is not None and int(v) / 1000 > now}
+
+
+def clear_key_cooldowns_sync(provider_key_ids: Sequence[int], *, redis=None) -> int:
+    """End the cooldowns (and failure streaks) of these provider keys, for every gateway
+    process at once. Returns how many keys were cooling."""
+    from llmgateway.redis import sync_client
+
+    ids = list(provider_key_ids)
+    if not ids:
+        return 0
+    client = redis or sync_client()
+    cooling = client.delete(*(cooldown_key(k) for k in ids))
+    client.delete(*(streak_key(k) for k in ids))
+    return cooling
