@@ -30,3 +30,34 @@ def async_client() -> aioredis.Redis:
     from .runtime import current
 
     return current().redis
+
+
+class ScriptCall:
+    """One Lua script call, prepared: sent alone or with others in ONE round trip (run_scripts)."""
+
+    __slots__ = ("script", "keys", "args")
+
+    def __init__(self, script, keys, args):
+        self.script = script  # a redis AsyncScript (its sha is known without a client)
+        self.keys = keys
+        self.args = args
+
+
+async def run_scripts(client, calls: list[ScriptCall]) -> list:
+    """The replies of several script calls, sent in ONE round trip (a pipeline of EVALSHA,
+    not a transaction: each script is atomic on its own). A script Redis does not know yet
+    (a restarted Redis) is loaded and its call sent again. Raises RedisError when Redis is
+    unreachable, and the error of a script that failed."""
+    if len(calls) == 1:
+        call = calls[0]
+        return [await call.script(keys=call.keys, args=call.args, client=client)]
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+    replies = await pipe.execute(raise_on_error=False)
+    for i, (call, reply) in enumerate(zip(calls, replies)):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            replies[i] = await call.script(keys=call.keys, args=call.args, client=client)  # loads it
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -1,9 +1,10 @@
 """Admission of one request against its key's limits: what the request may cost, then ONE
 Redis call (keys.limits.admit), and afterwards the settlement of its real usage.
 
-    demand = Demand.of(endpoint, body, model, route)               # estimates, pure
-    admission, route = await admit_request(key, route, demand, redis)   # 429/403/503 raise
-    ... serve; the record settles or releases the admission when it ends (record.end) ...
+    demand = Demand.of(endpoint, body, model, route)                        # estimates, pure
+    admission, plan = await admit_and_plan(key, route, demand, session, redis)   # ONE round trip
+    ... serve; the record settles or releases the admission when it ends (record.end),
+        with the attempt's success report, in ONE round trip ...
 
 A request's largest cost is its estimated prompt (tiktoken) plus its largest output (the
 request's max_tokens, else the catalog's max output, else GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS)
@@ -16,12 +17,15 @@ import dataclasses
 import logging
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from keys import limits
 from keys.auth import KeyEntry
+from llmgateway.redis import run_scripts
 from providers import tokens
 from providers.wire import CODECS
 
+from . import attempts, resilience
 from .snapshot import RouteEntry
 
 log = logging.getLogger(__name__)
@@ -85,13 +89,11 @@ def has_limits(key: KeyEntry) -> bool:
     return not key.is_monitoring and (key.rpm is not None or key.tpm is not None or key.budget_usd is not None)
 
 
-async def admit_request(key: KeyEntry, route: RouteEntry, demand: Demand, redis):
-    """(admission or None when the key has no limits, the route to plan with). Raises the
-    refusal: 429 (rate limit, budget spent) or 403 (no price to reserve against), or 503
-    when Redis is unreachable and the key's budget must not be skipped. Nothing is counted
-    for a refused request."""
+def prepare_admission(key: KeyEntry, route: RouteEntry, demand: Demand):
+    """(admission or None when the key has no limits, its Redis call or None, the route to
+    plan with). Raises the refusals that need no Redis: 403 for a model without a price."""
     if not has_limits(key):
-        return None, route
+        return None, None, route
     budgeted = key.budget_usd is not None
     if budgeted and key.unpriced_policy != "admit_and_flag":
         priced = tuple(t for t in route.targets if t.price is not None)
@@ -101,10 +103,42 @@ async def admit_request(key: KeyEntry, route: RouteEntry, demand: Demand, redis)
     if key.tpm is not None:
         estimated = demand.prompt_tokens + demand.output_tokens()
     max_cost = demand.max_cost_usd(route.targets) if budgeted else None
-    admission = await limits.admit(key, estimated_tokens=estimated, max_cost_usd=max_cost, redis=redis)
-    if not admission.allowed:
+    admission, call = limits.prepare_admit(key, estimated_tokens=estimated, max_cost_usd=max_cost)
+    if call is None and not admission.allowed:
         raise admission.error()
-    return admission, route
+    return admission, call, route
+
+
+async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, session_id: str | None, redis):
+    """(admission or None, plan): the key's admission and the route's shared state in ONE
+    Redis round trip. Raises the refusal (429, 403, or 503 when Redis is unreachable and the
+    key's budget must not be skipped), the 503 of a route whose every target cools, the 400
+    of a prompt no target's window fits. A refused request counts nothing and reaches no upstream."""
+    admission, admit_call, route = prepare_admission(key, route, demand)
+    read_call, target_ids, key_ids = attempts.prepare_state(route, session_id)
+    calls = [read_call] if admit_call is None else [read_call, admit_call]
+    try:
+        replies = await run_scripts(redis, calls)
+    except RedisError as exc:
+        state = resilience.unavailable_state(exc)
+        if admit_call is not None:
+            admission = limits.admission_unreachable(admission, exc)  # raises for a budget, by default
+    else:
+        state = resilience.state_from_reply(replies[0], target_ids, key_ids)
+        if admit_call is not None:
+            admission = limits.admission_from_reply(admission, replies[1])
+    if admission is not None and not admission.allowed:
+        attempts.release_probes(state, redis)
+        raise admission.error()
+    try:
+        plan = attempts.plan_from_state(route, state, session_id=session_id,
+                                        prompt_tokens=demand.prompt_tokens_if_windows(),
+                                        wanted_output=demand.requested_output, redis=redis)
+    except Exception:
+        if admission is not None:
+            await limits.release(admission, redis=redis)
+        raise
+    return admission, plan
 
 
 # --- after the answer ---------------------------------------------------------------------------
@@ -138,15 +172,23 @@ def delivered_usage(entry) -> tuple[int, float | None, bool]:
     return input_tokens + output_tokens, cost, estimated
 
 
-async def finish(admission, entry, delivered: bool, redis) -> None:
-    """Settle the admission to what was delivered, or release it when nothing was."""
+async def finish(admission, reports: list, entry, delivered: bool, redis) -> None:
+    """After the request: settle the admission to what was delivered (with the success
+    reports of the attempt, in ONE round trip), or release it when nothing was."""
     try:
-        if not delivered:
+        calls = list(reports)
+        if admission is not None and not delivered:
             await limits.release(admission, redis=redis)
-            return
-        used, cost, _ = delivered_usage(entry)
-        if cost is None and admission.track_budget:
-            cost = 0.0  # served by an unpriced target (admit_and_flag): flagged in the log
-        await limits.settle(admission, actual_tokens=used, actual_cost_usd=cost, redis=redis)
-    except Exception:  # never let accounting break the request's end; the reservation's TTL frees it
-        log.exception("settling the admission of request %s failed", entry.request_id)
+        elif admission is not None:
+            used, cost, _ = delivered_usage(entry)
+            if cost is None and admission.track_budget:
+                cost = 0.0  # served by an unpriced target (admit_and_flag): flagged in the log
+            settle = limits.prepare_settle(admission, actual_tokens=used, actual_cost_usd=cost)
+            if settle is not None:
+                calls.append(settle)
+        if calls:
+            await run_scripts(redis, calls)
+    except RedisError as exc:  # the reservation expires by its TTL; the spend is rebuilt from the log
+        limits.outage_log.report("settling usage", exc)
+    except Exception:  # never let accounting break the request's end
+        log.exception("settling request %s failed", entry.request_id)

@@ -5,7 +5,7 @@
     ... attempt ...
     failure: step = await plan.failed(target, key, failure, headers)   # ONE Redis call (report_attempt)
              step.target/step.key next, or step.stop
-    success: plan.succeeded(target, key, latency_ms)                    # reported in the background
+    success: call = plan.succeeded(target, key, latency_ms)             # sent after the answer
     finally: plan.finish()                                              # hands back an unused probe
 
 The order comes from the route's strategy (priority: lower first, weighted among equals;
@@ -32,8 +32,11 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from llmgateway import runtime
 from llmgateway.errors import InvalidRequest, ServiceUnavailable
+from llmgateway.redis import ScriptCall, run_scripts
 from providers.upstream import MAX_RETRY_AFTER_S, Failure
 
 from . import resilience
@@ -224,8 +227,10 @@ class Plan:
             rotate_on = target
         elif retry_at is not None and retry_at - now > _retry_after_cap():
             self.excluded.add(target.id)  # no key to rotate, and it asks us to wait too long
-        if failure.kind == "timeout":
-            self.excluded.add(target.id)  # a timed-out generation is not started again there
+        if failure.kind == "timeout" or (failure.kind == "auth" and key is None):
+            # A timed-out generation is not started again there; a refusal without a key to
+            # rotate will be refused again.
+            self.excluded.add(target.id)
         if is_context_error(failure):
             self._exclude_smaller_windows(target)
             rotate_on = None
@@ -255,16 +260,18 @@ class Plan:
                 self.excluded.add(other.id)
 
     def succeeded(self, target: TargetEntry, key: ProviderKeyEntry | None, latency_ms: float,
-                  session_id: str | None = None) -> None:
-        """Report the success in the background: the client does not wait for it."""
+                  session_id: str | None = None) -> ScriptCall:
+        """The report of the success (latency, circuit, key streak, session binding): a Redis
+        call the request record sends after the answer, with the key's settlement, in one
+        round trip. The client never waits for it."""
         self.served = target
         session = session_id or self.session_id
         bind = (session, self.route.session_ttl_s) if session and self.route.session_ttl_s else None
-        _background(resilience.report_attempt(
+        call = resilience.prepare_report(
             self.route.id, target.id, key.id if key is not None else None, outcome="ok",
-            probe=target.id in self.probes, latency_ms=latency_ms, bind_session=bind, policy=self.policy,
-            redis=self.redis))
+            probe=target.id in self.probes, latency_ms=latency_ms, bind_session=bind, policy=self.policy)
         self.probes.discard(target.id)
+        return call
 
     def session_moved(self) -> str:
         """A note for the request log when the session's bound target did not serve it."""
@@ -284,16 +291,33 @@ async def make_plan(route: RouteEntry, *, session_id: str | None, prompt_tokens:
                     wanted_output: int = 0, redis=None, rng=random) -> Plan:
     """Order the route's targets and read their shared state (ONE Redis call). Raises a 503
     (Retry-After, no upstream I/O) when every target cools, and a 400 when the request fits
-    no target's context window."""
-    targets = list(route.targets)
-    keys = [k.id for t in targets for k in t.provider.keys]
-    state = await resilience.read_state(route.id, [t.id for t in targets], keys,
-                                        session_id=session_id if route.session_ttl_s else None,
-                                        policy=policy_for(route.cooldown_s), redis=redis)
+    no target's context window. (The pipeline sends the read with the key's admission in one
+    round trip: prepare_state, then plan_from_state.)"""
+    call, target_ids, key_ids = prepare_state(route, session_id)
+    try:
+        state = resilience.state_from_reply(await run_scripts(redis or runtime.current().redis, [call])[0],
+                                            target_ids, key_ids)
+    except RedisError as exc:
+        state = resilience.unavailable_state(exc)
+    return plan_from_state(route, state, session_id=session_id, prompt_tokens=prompt_tokens,
+                           wanted_output=wanted_output, redis=redis, rng=rng)
+
+
+def prepare_state(route: RouteEntry, session_id: str | None):
+    """(the Redis call reading the route's shared state, target ids, key ids) for state_from_reply."""
+    return resilience.prepare_read_state(
+        route.id, [t.id for t in route.targets], [k.id for t in route.targets for k in t.provider.keys],
+        session_id=session_id if route.session_ttl_s else None, policy=policy_for(route.cooldown_s))
+
+
+def plan_from_state(route: RouteEntry, state: resilience.RoutingState, *, session_id: str | None,
+                    prompt_tokens: int | None, wanted_output: int = 0, redis=None, rng=random) -> Plan:
+    """The plan, from the route and its shared state (no I/O)."""
     ordered = order_targets(route, rng, latency_ms=state.latency_ms)
     if prompt_tokens is not None:
         fits = [t for t in ordered if t.context_window is None or prompt_tokens + wanted_output <= t.context_window]
         if not fits:
+            release_probes(state)
             largest = max(t.context_window for t in ordered)
             raise InvalidRequest(
                 f"This model's maximum context length is {largest} tokens; the request needs about "
@@ -303,6 +327,7 @@ async def make_plan(route: RouteEntry, *, session_id: str | None, prompt_tokens:
     usable = [t for t in ordered if state.target_usable(t.id)
               and not (t.provider.keys and all(k.id in cooling_keys for k in t.provider.keys))]
     if not usable and state.available:
+        release_probes(state)
         raise _all_cooling(route, ordered, state)
     if state.affinity is not None:
         bound = next((t for t in usable if t.id == state.affinity), None)
@@ -310,6 +335,13 @@ async def make_plan(route: RouteEntry, *, session_id: str | None, prompt_tokens:
             usable.remove(bound)
             usable.insert(0, bound)
     return Plan(route, usable or ordered, state, session_id, prompt_tokens, redis)
+
+
+def release_probes(state: resilience.RoutingState, redis=None) -> None:
+    """Hand back every probe the state claimed (the request goes no further)."""
+    for target_id, circuit in state.circuits.items():
+        if circuit == resilience.PROBE:
+            _background(resilience.release_probe(target_id, redis=redis))
 
 
 def _all_cooling(route: RouteEntry, targets: list[TargetEntry], state: resilience.RoutingState):

@@ -30,7 +30,7 @@ from providers.wire import CODECS, InvalidField
 from .endpoints import Endpoint
 from .record import RequestRecord, close_quietly
 from . import admission as admission_
-from .attempts import Plan, make_plan, response_session, session_of
+from .attempts import Plan, response_session, session_of
 from .resolve import find_route
 from .rules import apply_rules
 from .snapshot import ProviderKeyEntry, TargetEntry
@@ -116,15 +116,12 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
         raise ServiceUnavailable(f"The model '{model}' has no upstream available right now; try again later.",
                                  code="no_targets", headers={"Retry-After": "30"},
                                  log_message=f"route {route.name}: every target is disabled")
-    redis = runtime.current().redis
     demand = admission_.Demand.of(endpoint, body, model, route)
-    admission, route = await admission_.admit_request(inbound.key, route, demand, redis)
+    admission, plan = await admission_.admit_and_plan(inbound.key, route, demand, session_of(inbound.headers, body),
+                                                      runtime.current().redis)
     record.admission = admission
     if admission is not None and admission.unpriced:
         record.log.note = "unpriced model: its cost counts against no budget"
-    plan = await make_plan(route, session_id=session_of(inbound.headers, body),
-                           prompt_tokens=demand.prompt_tokens_if_windows(), wanted_output=demand.requested_output,
-                           redis=redis)
     try:
         outcome = await _attempts(inbound, codec, body, plan, stream)
     finally:
@@ -173,9 +170,11 @@ async def _attempts(inbound: Inbound, codec, body: dict, plan: Plan, stream: boo
             if not failure.retryable and step.stop:
                 raise _client_error(failures) from None
             continue
-        # Latency to the first token of a stream, to the whole answer otherwise.
-        plan.succeeded(target, key, (time.perf_counter() - started) * 1000,
-                       session_id=response_session(outcome.body) if outcome.body and not stream else None)
+        # Latency to the first token of a stream, to the whole answer otherwise. Reported
+        # when the record ends (record.py), with the key's settlement.
+        record.add_report(plan.succeeded(
+            target, key, (time.perf_counter() - started) * 1000,
+            session_id=response_session(outcome.body) if outcome.body and not stream else None))
         return outcome
     if not failures:
         raise ServiceUnavailable("The request's time limit ran out before an upstream could be tried.",
