@@ -587,6 +587,8 @@ def prepare_settle(admission: Admission, *, actual_tokens: int, actual_cost_usd:
     if admission.finished or not admission.counted:
         return None
     admission.finished = True
+    if not admission.track_tpm and not admission.track_budget:
+        return None  # an RPM place stays counted as it is: nothing to correct
     keys = _keys(admission.key_id)
     track = admission.track_budget
     if actual_cost_usd is not None:

@@ -44,17 +44,28 @@ class ScriptCall:
 
 
 async def run_scripts(client, calls: list[ScriptCall]) -> list:
-    """The replies of several script calls, sent in ONE round trip (a pipeline of EVALSHA,
-    not a transaction: each script is atomic on its own). A script Redis does not know yet
-    (a restarted Redis) is loaded and its call sent again. Raises RedisError when Redis is
-    unreachable, and the error of a script that failed."""
-    if len(calls) == 1:
-        call = calls[0]
-        return [await call.script(keys=call.keys, args=call.args, client=client)]
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-    replies = await pipe.execute(raise_on_error=False)
+    """The replies of several script calls, sent in ONE round trip: their EVALSHA commands
+    written together on one pooled connection, then their replies read (each script is
+    atomic on its own; together they are not a transaction). Leaner than a redis-py
+    pipeline, which costs about as much client CPU as a second round trip. A script Redis
+    does not know yet (a restarted Redis) is loaded and its call sent again. Raises
+    RedisError when Redis is unreachable, and the error of a script that failed."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands(
+            [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]))
+        replies = []
+        for _ in calls:
+            try:
+                replies.append(await connection.read_response())
+            except redis.exceptions.ResponseError as exc:  # read on: the others' replies follow
+                replies.append(exc)
+    except BaseException:
+        await connection.disconnect()  # replies may still be in flight: never reuse it
+        raise
+    finally:
+        await pool.release(connection)
     for i, (call, reply) in enumerate(zip(calls, replies)):
         if isinstance(reply, redis.exceptions.NoScriptError):
             replies[i] = await call.script(keys=call.keys, args=call.args, client=client)  # loads it

@@ -113,3 +113,34 @@ def test_prompt_tokens_are_counted_only_when_a_context_window_is_known():
     assert unknown.prompt_tokens_if_windows() is None
     known = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target(context_window=8000)))
     assert known.prompt_tokens_if_windows() > 0
+
+
+def test_several_script_calls_go_in_one_round_trip_and_survive_a_redis_that_forgot_its_scripts():
+    import asyncio
+
+    from keys import limits
+    from keys.auth import KeyEntry
+    from llmgateway.redis import new_async_client, run_scripts, sync_client
+    from routing import resilience
+
+    key = KeyEntry(id=next(_ids), name="k", prefix="p", key_hash="h", enabled=True, expires_at=None,
+                   allowed_route_ids=None, rpm=2, tpm=None, budget_usd=None, budget_period="monthly", log_bodies=False)
+
+    async def admit_with_state():
+        client = new_async_client()
+        try:
+            read, targets, keys = resilience.prepare_read_state(next(_ids), [1, 2], [3])
+            admission, call = limits.prepare_admit(key, estimated_tokens=0, max_cost_usd=None)
+            state_reply, admit_reply = await run_scripts(client, [read, call])
+            return resilience.state_from_reply(state_reply, targets, keys), limits.admission_from_reply(
+                admission, admit_reply)
+        finally:
+            await client.aclose()
+
+    sync_client().script_flush()
+    first_state, first = asyncio.run(admit_with_state())
+    _, second = asyncio.run(admit_with_state())
+    _, third = asyncio.run(admit_with_state())
+    assert first_state.available and first_state.circuits == {1: "closed", 2: "closed"}
+    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+    assert third.reason == "rpm"
