@@ -32,3 +32,38 @@ def test_the_key_list_shows_a_cooling_key_and_the_clear_action_ends_it(operator)
                                                     "_selected_action": [cooling.pk, ready.pk]})
     assert resilience.key_cooldowns_sync([cooling.pk, ready.pk]) == {}
     assert "cooling for" not in operator.get("/admin/providers/providerkey/").content.decode()
+
+
+def test_session_ttl_and_unpriced_policy_round_trip_through_the_config_file():
+    import yaml
+
+    from keys.models import VirtualKey
+    from llmgateway.config.apply import apply_config
+    from llmgateway.config.export import export_yaml
+    from llmgateway.config.load import load_config
+    from routing.models import Route
+
+    text = """
+version: 1
+providers:
+  p:
+    base_url: https://api.example.com/v1
+models:
+  m:
+    session_ttl_s: 600
+    targets: [{provider: p, model: gpt-4o-mini}]
+virtual_keys:
+  k:
+    key: sk-gw-a-key-long-enough-for-the-file-0001
+    budget_usd: 5
+    unpriced_policy: admit_and_flag
+"""
+    apply_config(load_config(text))
+    assert Route.objects.get(name="m").session_ttl_s == 600
+    assert VirtualKey.objects.get(name="k").unpriced_policy == "admit_and_flag"
+
+    exported = export_yaml()
+    assert yaml.safe_load(exported)["models"]["m"]["session_ttl_s"] == 600
+    assert yaml.safe_load(exported)["virtual_keys"]["k"]["unpriced_policy"] == "admit_and_flag"
+    apply_config(load_config(exported))
+    assert export_yaml() == exported
