@@ -354,6 +354,7 @@ class Admission:
     spend_expire_at: int = 0
     spend_known: bool = True  # False: no spend counted yet this period (new period, or Redis lost it)
     reset_at: float | None = None  # when the budget period ends (epoch s)
+    prompt_estimate: int = 0  # the caller's estimate of the prompt, for a settlement without usage
     rpm_limit: int | None = None
     rpm_remaining: int | None = None
     rpm_reset_s: float = 0.0

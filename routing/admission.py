@@ -6,12 +6,11 @@ Redis call (keys.limits.admit), and afterwards the settlement of its real usage.
     ... serve; the record settles or releases the admission when it ends (record.end),
         with the attempt's success report, in ONE round trip ...
 
-A request's largest cost is its estimated prompt (tiktoken) plus its largest output (the
+A request's largest cost is its estimated prompt (from its size: see Demand) plus its largest output (the
 request's max_tokens, else the catalog's max output, else GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS)
 at the dearest price among the targets it may be served by. A budgeted key under the
 "refuse" unpriced policy is served only by priced targets. The monitoring key is never
-limited. Estimates are made only when something needs them: a limit of the key, or a
-catalog context window of a target.
+limited.
 """
 import dataclasses
 import logging
@@ -33,41 +32,63 @@ log = logging.getLogger(__name__)
 _OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
+# Bytes of request JSON per token, for the cheap estimate: English text runs ~4 characters a
+# token and JSON adds its syntax, so this overestimates most prompts (a safe reservation);
+# CJK text and code come close to it. The real usage corrects it at settlement.
+BYTES_PER_TOKEN = 3
+
+
 class Demand:
-    """What a request may take: its prompt tokens (counted once, on first need) and output."""
+    """What a request may take: its prompt tokens (estimated cheaply from its size) and output.
 
-    __slots__ = ("body", "model", "route", "requested_output", "no_output", "_prompt_tokens")
+    The gateway process does not load tiktoken for this: its encodings cost ~75 MB of memory
+    per process. tiktoken counts only a prompt that might not fit a target's catalog context
+    window: one larger in bytes than the smallest window in tokens (a token is at least a
+    byte), so ordinary prompts are never counted."""
 
-    def __init__(self, body: dict, model: str, route: RouteEntry, requested_output: int, no_output: bool):
+    __slots__ = ("body", "model", "route", "requested_output", "no_output", "size", "_counted")
+
+    def __init__(self, body: dict, model: str, route: RouteEntry, requested_output: int, no_output: bool,
+                 size: int = 0):
         self.body = body
         self.model = model
         self.route = route
         self.requested_output = requested_output  # the request's max_tokens (0: not given)
         self.no_output = no_output  # embeddings: input only
-        self._prompt_tokens: int | None = None
+        self.size = size  # bytes of the request as it goes upstream (an upper bound of its tokens)
+        self._counted: int | None = None
 
     @classmethod
-    def of(cls, endpoint, body: dict, model: str, route: RouteEntry) -> "Demand":
+    def of(cls, endpoint, body: dict, model: str, route: RouteEntry, raw_size: int = 0) -> "Demand":
         requested = 0
         for name in _OUTPUT_FIELDS:
             value = body.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 requested = value
                 break
-        return cls(body, model, route, requested, no_output=endpoint.name == "embeddings")
+        # Prompt rules may add text: count theirs too, so the size stays an upper bound.
+        size = raw_size + sum(len(rule.text.encode()) for rule in route.rules)
+        return cls(body, model, route, requested, no_output=endpoint.name == "embeddings", size=size)
 
     @property
     def prompt_tokens(self) -> int:
-        if self._prompt_tokens is None:
+        """The cheap estimate, for TPM and budget reservations."""
+        return -(-self.size // BYTES_PER_TOKEN)
+
+    def counted_prompt_tokens(self) -> int:
+        """tiktoken's count (providers/tokens.py), once."""
+        if self._counted is None:
             target = self.route.targets[0] if self.route.targets else None
-            self._prompt_tokens = tokens.count_prompt_tokens(self.body, target.upstream_model if target else self.model)
-        return self._prompt_tokens
+            self._counted = tokens.count_prompt_tokens(self.body, target.upstream_model if target else self.model)
+        return self._counted
 
     def prompt_tokens_if_windows(self) -> int | None:
-        """The prompt's tokens when a target has a known context window (else not counted)."""
-        if any(t.context_window for t in self.route.targets):
-            return self.prompt_tokens
-        return None
+        """The prompt's tokens when a target's known context window might not hold it; None
+        when every known window surely does (or none is known): then nothing is counted."""
+        windows = [t.context_window for t in self.route.targets if t.context_window]
+        if not windows or self.size + self.requested_output <= min(windows):
+            return None
+        return self.counted_prompt_tokens()
 
     def output_tokens(self, target=None) -> int:
         if self.no_output:
@@ -104,6 +125,7 @@ def prepare_admission(key: KeyEntry, route: RouteEntry, demand: Demand):
         estimated = demand.prompt_tokens + demand.output_tokens()
     max_cost = demand.max_cost_usd(route.targets) if budgeted else None
     admission, call = limits.prepare_admit(key, estimated_tokens=estimated, max_cost_usd=max_cost)
+    admission.prompt_estimate = demand.prompt_tokens
     if call is None and not admission.allowed:
         raise admission.error()
     return admission, call, route
@@ -143,10 +165,11 @@ async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, sessi
 
 # --- after the answer ---------------------------------------------------------------------------
 
-def delivered_usage(entry) -> tuple[int, float | None, bool]:
+def delivered_usage(entry, prompt_estimate: int = 0) -> tuple[int, float | None, bool]:
     """(tokens, cost in dollars or None when the model has no price, estimated?) of what the
-    request delivered: the upstream's reported usage, else a tiktoken estimate of the prompt
-    and the delivered text (a stream cut short)."""
+    request delivered: the upstream's reported usage, else an estimate (a stream cut short):
+    the prompt's admission estimate and the delivered text at BYTES_PER_TOKEN (no tiktoken
+    in the gateway process; the request log's writer makes its own tiktoken estimate)."""
     codec = CODECS.get(entry.wire)
     usage = entry.usage
     if usage is None and codec is not None:
@@ -157,15 +180,14 @@ def delivered_usage(entry) -> tuple[int, float | None, bool]:
     estimated = False
     if usage is None:
         estimated = True
-        model = entry.upstream_model or entry.model_requested
-        prompt = tokens.count_prompt_tokens(entry.body or {}, model)
         if codec is None:
             text = ""
         elif entry.response is not None:
             text = codec.text_from_answer(entry.response)
         else:
             text = codec.text_from_events(entry.stream_events or [])
-        input_tokens, output_tokens, cached = prompt, tokens.count_completion_tokens(text, model), 0
+        input_tokens, cached = prompt_estimate, 0
+        output_tokens = -(-len(text.encode()) // BYTES_PER_TOKEN)
     else:
         input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
     cost = entry.price.cost(input_tokens, output_tokens, cached) if entry.price is not None else None
@@ -180,7 +202,7 @@ async def finish(admission, reports: list, entry, delivered: bool, redis) -> Non
         if admission is not None and not delivered:
             await limits.release(admission, redis=redis)
         elif admission is not None:
-            used, cost, _ = delivered_usage(entry)
+            used, cost, _ = delivered_usage(entry, admission.prompt_estimate)
             if cost is None and admission.track_budget:
                 cost = 0.0  # served by an unpriced target (admit_and_flag): flagged in the log
             settle = limits.prepare_settle(admission, actual_tokens=used, actual_cost_usd=cost)

@@ -227,9 +227,9 @@ class Plan:
             rotate_on = target
         elif retry_at is not None and retry_at - now > _retry_after_cap():
             self.excluded.add(target.id)  # no key to rotate, and it asks us to wait too long
-        if failure.kind == "timeout" or (failure.kind == "auth" and key is None):
-            # A timed-out generation is not started again there; a refusal without a key to
-            # rotate will be refused again.
+        if failure.kind in ("timeout", "config") or (failure.kind == "auth" and key is None):
+            # A timed-out generation is not started again there; a configuration problem and
+            # a refusal without a key to rotate will be met again.
             self.excluded.add(target.id)
         if is_context_error(failure):
             self._exclude_smaller_windows(target)

@@ -116,7 +116,7 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
         raise ServiceUnavailable(f"The model '{model}' has no upstream available right now; try again later.",
                                  code="no_targets", headers={"Retry-After": "30"},
                                  log_message=f"route {route.name}: every target is disabled")
-    demand = admission_.Demand.of(endpoint, body, model, route)
+    demand = admission_.Demand.of(endpoint, body, model, route, len(inbound.raw))
     admission, plan = await admission_.admit_and_plan(inbound.key, route, demand, session_of(inbound.headers, body),
                                                       runtime.current().redis)
     record.admission = admission

@@ -98,21 +98,25 @@ def test_the_largest_cost_uses_max_tokens_else_the_catalogs_max_output_at_the_de
     dear = make_target(price=Price(10.0, 20.0, 10.0), max_output_tokens=500)
     route = make_route_entry(cheap, dear)
     body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-    demand = Demand.of(ENDPOINTS["chat"], body, "m", route)
+    demand = Demand.of(ENDPOINTS["chat"], body, "m", route, raw_size=len(json.dumps(body)))
     prompt = demand.prompt_tokens
-    assert 5 <= prompt <= 15
+    assert prompt == -(-len(json.dumps(body)) // 3)  # from the size: no tokenizer on the hot path
+    assert prompt >= demand.counted_prompt_tokens()  # and not below tiktoken's count
     assert demand.max_cost_usd(route.targets) == max(
         (prompt * 1.0 + 1000 * 2.0) / 1e6, (prompt * 10.0 + 500 * 20.0) / 1e6)
-    capped = Demand.of(ENDPOINTS["chat"], {**body, "max_tokens": 10}, "m", route)
+    capped = Demand.of(ENDPOINTS["chat"], {**body, "max_tokens": 10}, "m", route, raw_size=len(json.dumps(body)))
     assert capped.max_cost_usd(route.targets) == (prompt * 10.0 + 10 * 20.0) / 1e6
 
 
-def test_prompt_tokens_are_counted_only_when_a_context_window_is_known():
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    unknown = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target()))
+def test_prompt_tokens_are_counted_only_when_a_known_window_might_not_hold_the_prompt():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi " * 50}]}
+    size = len(json.dumps(body))
+    unknown = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target()), raw_size=size)
     assert unknown.prompt_tokens_if_windows() is None
-    known = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target(context_window=8000)))
-    assert known.prompt_tokens_if_windows() > 0
+    roomy = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target(context_window=8000)), raw_size=size)
+    assert roomy.prompt_tokens_if_windows() is None  # its bytes bound its tokens: surely fits
+    tight = Demand.of(ENDPOINTS["chat"], body, "m", make_route_entry(make_target(context_window=40)), raw_size=size)
+    assert 50 <= tight.prompt_tokens_if_windows() < size
 
 
 def test_several_script_calls_go_in_one_round_trip_and_survive_a_redis_that_forgot_its_scripts():
