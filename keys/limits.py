@@ -51,7 +51,7 @@ from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisError
 
 from llmgateway.errors import GatewayError, PermissionDenied, RateLimited
-from llmgateway.redis import async_client, sync_client
+from llmgateway.redis import ScriptCall, async_client, sync_client
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,8 @@ class Admission:
     spend_period: str = ""
     spend_expire_at: int = 0
     spend_known: bool = True  # False: no spend counted yet this period (new period, or Redis lost it)
+    reset_at: float | None = None  # when the budget period ends (epoch s)
+    prompt_estimate: int = 0  # the caller's estimate of the prompt, for a settlement without usage
     rpm_limit: int | None = None
     rpm_remaining: int | None = None
     rpm_reset_s: float = 0.0
@@ -362,6 +364,7 @@ class Admission:
     budget_usd: float | None = None
     spent_usd: float = 0.0
     finished: bool = field(default=False, repr=False)
+    _key: object = field(default=None, repr=False)  # the KeyEntry, while the admission is being decided
 
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* in OpenAI's form, for the limits this key has (and Retry-After when refused);
@@ -443,12 +446,29 @@ async def admit(key, *, estimated_tokens: int, max_cost_usd: float | None, now: 
 
     Raises LimitsUnavailable when Redis is unreachable and the key has a budget (unless
     GATEWAY_BUDGETS_FAIL_OPEN), or only rate limits and GATEWAY_RATE_LIMITS_FAIL_OPEN is off.
-    Every allowed admission must end in `settle` or `release` (both idempotent)."""
+    Every allowed admission must end in `settle` or `release` (both idempotent).
+
+    To send the call together with others in one round trip: prepare_admit, then
+    llmgateway.redis.run_scripts, then admission_from_reply (or admission_unreachable)."""
+    admission, call = prepare_admit(key, estimated_tokens=estimated_tokens, max_cost_usd=max_cost_usd, now=now)
+    if call is None:
+        return admission
+    try:
+        reply = await call.script(keys=call.keys, args=call.args, client=redis or async_client())
+    except RedisError as exc:
+        return admission_unreachable(admission, exc)
+    return admission_from_reply(admission, reply)
+
+
+def prepare_admit(key, *, estimated_tokens: int, max_cost_usd: float | None,
+                  now: float | None = None) -> "tuple[Admission, ScriptCall | None]":
+    """The admission so far and the Redis call that decides it (None: nothing to ask, the
+    admission is final: no limits, or a budgeted key refusing an unpriced model)."""
     has_budget = key.budget_usd is not None
     admission = Admission(key_id=key.id, allowed=True, rpm_limit=key.rpm, tpm_limit=key.tpm,
                           budget_usd=float(key.budget_usd) if has_budget else None)
     if key.rpm is None and key.tpm is None and not has_budget:
-        return admission
+        return admission, None
     reserve = 0
     if has_budget:
         if max_cost_usd is None:
@@ -456,7 +476,7 @@ async def admit(key, *, estimated_tokens: int, max_cost_usd: float | None, now: 
                 admission.allowed, admission.reason = False, "unpriced"
                 admission.message = ("This API key has a budget, and the model has no price to reserve it "
                                      "against. Ask the operator to set the model's price.")
-                return admission
+                return admission, None
             admission.unpriced = True
         else:
             reserve = math.ceil(max(max_cost_usd, 0.0) * MICRO)
@@ -465,15 +485,32 @@ async def admit(key, *, estimated_tokens: int, max_cost_usd: float | None, now: 
     keys = _keys(key.id)
     rid = os.urandom(8).hex()
     ttl_ms = int(reservation_ttl_s() * 1000)
-    try:
-        reply = await _ADMIT(
-            keys=[keys["rpm"], keys["tpm"], keys["resv"], keys["resv_exp"], keys["reserved"],
-                  spend_key(key.id, period) if has_budget else keys["reserved"]],
-            args=[_now_arg(now), rid, key.rpm or 0, key.tpm or 0, max(int(estimated_tokens), 0),
-                  _micro(key.budget_usd) if has_budget else -1, reserve, ttl_ms],
-            client=redis or async_client())
-    except RedisError as exc:
-        return _unreachable(admission, has_budget, exc)
+    admission.reservation_id = rid
+    admission.track_rpm = key.rpm is not None
+    admission.track_tpm = key.tpm is not None
+    admission.track_budget = has_budget
+    admission.spend_period = period
+    admission.reserved_micro = reserve if has_budget else 0
+    admission.estimated_tokens = max(int(estimated_tokens), 0) if key.tpm is not None else 0
+    admission.reset_at = reset_at
+    admission._key = key
+    call = ScriptCall(
+        _ADMIT,
+        [keys["rpm"], keys["tpm"], keys["resv"], keys["resv_exp"], keys["reserved"],
+         spend_key(key.id, period) if has_budget else keys["reserved"]],
+        [_now_arg(now), rid, key.rpm or 0, key.tpm or 0, max(int(estimated_tokens), 0),
+         _micro(key.budget_usd) if has_budget else -1, reserve, ttl_ms])
+    return admission, call
+
+
+def admission_unreachable(admission: "Admission", exc: RedisError) -> "Admission":
+    """What a prepared admission becomes when Redis is unreachable (or raises LimitsUnavailable)."""
+    return _unreachable(admission, admission.track_budget, exc)
+
+
+def admission_from_reply(admission: "Admission", reply) -> "Admission":
+    """Finish a prepared admission with the reply of its Redis call."""
+    key = admission._key
     allowed, reason, retry_ms, rpm_used, rpm_reset, tpm_used, tpm_reset, spent, reserved, now_ms, known = reply
     reason = reason.decode() if isinstance(reason, bytes) else reason
     admission.allowed = bool(allowed)
@@ -486,22 +523,17 @@ async def admit(key, *, estimated_tokens: int, max_cost_usd: float | None, now: 
     if key.tpm is not None:
         admission.tpm_remaining = key.tpm - tpm_used
         admission.tpm_reset_s = tpm_reset / 1000
+    reset_at = admission.reset_at
     if not admission.allowed:
         if retry_ms == -2:  # the budget is spent until the period ends
             admission.retry_after_s = None if reset_at is None else max(reset_at - now_ms / 1000, 0.0)
         elif retry_ms >= 0:
             admission.retry_after_s = retry_ms / 1000
         admission.message = _refusal_message(key, reason, admission.retry_after_s)
+        admission.reservation_id = ""
         return admission
     admission.counted = True
-    admission.reservation_id = rid
-    admission.estimated_tokens = max(int(estimated_tokens), 0) if key.tpm is not None else 0
     admission.admitted_s = now_ms // 1000
-    admission.reserved_micro = reserve if has_budget else 0
-    admission.track_rpm = key.rpm is not None
-    admission.track_tpm = key.tpm is not None
-    admission.track_budget = has_budget
-    admission.spend_period = period
     admission.spend_expire_at = int(reset_at + SPEND_KEPT_AFTER_PERIOD_S) if reset_at else 0
     return admission
 
@@ -538,29 +570,39 @@ async def settle(admission: Admission, *, actual_tokens: int, actual_cost_usd: f
     unknown, the reservation is charged in full, or nothing under admit_and_flag). Returns
     the key's spend in the period afterwards (None when no budget is tracked). Idempotent;
     never raises for a Redis outage (it logs, the reservation expires by its TTL and
-    rebuild_spend_from_logs recovers the spend)."""
+    rebuild_spend_from_logs recovers the spend). prepare_settle gives the call to send with others."""
+    call = prepare_settle(admission, actual_tokens=actual_tokens, actual_cost_usd=actual_cost_usd, now=now)
+    if call is None:
+        return None
+    try:
+        spent = await call.script(keys=call.keys, args=call.args, client=redis or async_client())
+    except RedisError as exc:
+        outage_log.report("settling usage", exc)
+        return None
+    return spent / MICRO if spent >= 0 else None
+
+
+def prepare_settle(admission: Admission, *, actual_tokens: int, actual_cost_usd: float | None,
+                   now: float | None = None) -> "ScriptCall | None":
+    """settle's Redis call (None: nothing to settle); marks the admission finished."""
     if admission.finished or not admission.counted:
         return None
     admission.finished = True
+    if not admission.track_tpm and not admission.track_budget:
+        return None  # an RPM place stays counted as it is: nothing to correct
     keys = _keys(admission.key_id)
     track = admission.track_budget
     if actual_cost_usd is not None:
         cost = max(round(actual_cost_usd * MICRO), 0)
     else:
         cost = 0 if admission.unpriced else -1
-    try:
-        spent = await _SETTLE(
-            keys=[keys["tpm"], keys["resv"], keys["resv_exp"], keys["reserved"],
-                  spend_key(admission.key_id, admission.spend_period) if track else keys["reserved"],
-                  DIRTY_SPEND_KEY],
-            args=[_now_arg(now), admission.reservation_id, admission.admitted_s, admission.estimated_tokens,
-                  max(int(actual_tokens), 0) if admission.track_tpm else -1, cost, admission.spend_expire_at,
-                  f"{admission.key_id}:{admission.spend_period}" if track else ""],
-            client=redis or async_client())
-    except RedisError as exc:
-        outage_log.report("settling usage", exc)
-        return None
-    return spent / MICRO if spent >= 0 else None
+    return ScriptCall(
+        _SETTLE,
+        [keys["tpm"], keys["resv"], keys["resv_exp"], keys["reserved"],
+         spend_key(admission.key_id, admission.spend_period) if track else keys["reserved"], DIRTY_SPEND_KEY],
+        [_now_arg(now), admission.reservation_id, admission.admitted_s, admission.estimated_tokens,
+         max(int(actual_tokens), 0) if admission.track_tpm else -1, cost, admission.spend_expire_at,
+         f"{admission.key_id}:{admission.spend_period}" if track else ""])
 
 
 async def release(admission: Admission, *, now: float | None = None, redis=None) -> None:

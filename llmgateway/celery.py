@@ -19,4 +19,9 @@ app.conf.beat_schedule = {
         "task": "healthcheck.tasks.purge_old_health_data",
         "schedule": float(os.environ.get("HEALTH_PURGE_EVERY_S", "3600")),
     },
+    # Budget spend counted in Redis, copied to KeySpend rows (and rebuilt if Redis lost it).
+    "persist-key-spend": {
+        "task": "keys.tasks.persist_key_spend",
+        "schedule": float(os.environ.get("GATEWAY_PERSIST_SPEND_EVERY_S", "60")),
+    },
 }

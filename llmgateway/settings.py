@@ -193,6 +193,35 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", de
 # `manage.py serve`: web server processes on one port (default: one per core).
 WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
 
+# Connections of each gateway process to Redis (requests beyond wait for one).
+GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=100)
+
+# Rate limits and budgets (keys/limits.py). Redis unreachable: rate limits fail open, budgets
+# fail closed, unless these say otherwise.
+GATEWAY_BUDGET_TIME_ZONE = env("GATEWAY_BUDGET_TIME_ZONE", default="") or TIME_ZONE
+GATEWAY_BUDGET_RESERVATION_TTL_S = env.float("GATEWAY_BUDGET_RESERVATION_TTL_S",
+                                             default=GATEWAY_TOTAL_TIMEOUT_S + 60)
+GATEWAY_RATE_LIMITS_FAIL_OPEN = env.bool("GATEWAY_RATE_LIMITS_FAIL_OPEN", default=True)
+GATEWAY_BUDGETS_FAIL_OPEN = env.bool("GATEWAY_BUDGETS_FAIL_OPEN", default=False)
+GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S = env.float("GATEWAY_LIMITS_OUTAGE_LOG_EVERY_S", default=30.0)
+# A request's largest possible output when neither it (max_tokens) nor the catalog says.
+GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+
+# Routing resilience (routing/resilience.py, routing/attempts.py).
+GATEWAY_CIRCUIT_FAILURES = env.int("GATEWAY_CIRCUIT_FAILURES", default=5)
+GATEWAY_CIRCUIT_FAILURE_WINDOW_S = env.float("GATEWAY_CIRCUIT_FAILURE_WINDOW_S", default=60.0)
+GATEWAY_CIRCUIT_OPEN_S = env.float("GATEWAY_CIRCUIT_OPEN_S", default=30.0)  # a route's cooldown_s wins
+GATEWAY_CIRCUIT_PROBE_LEASE_S = env.float("GATEWAY_CIRCUIT_PROBE_LEASE_S", default=30.0)
+GATEWAY_KEY_COOLDOWN_BASE_S = env.float("GATEWAY_KEY_COOLDOWN_BASE_S", default=5.0)
+GATEWAY_KEY_COOLDOWN_CAP_S = env.float("GATEWAY_KEY_COOLDOWN_CAP_S", default=300.0)
+# A provider key refused with 401/403 sits out this long (it will not heal by waiting a bit).
+GATEWAY_KEY_REFUSED_COOLDOWN_S = env.float("GATEWAY_KEY_REFUSED_COOLDOWN_S", default=3600.0)
+GATEWAY_LATENCY_EWMA_ALPHA = env.float("GATEWAY_LATENCY_EWMA_ALPHA", default=0.2)
+GATEWAY_RETRY_BUDGET_RATIO = env.float("GATEWAY_RETRY_BUDGET_RATIO", default=0.2)
+GATEWAY_RETRY_BUDGET_MIN = env.int("GATEWAY_RETRY_BUDGET_MIN", default=3)
+# Longest an upstream's Retry-After is waited out inside one request before the next attempt.
+GATEWAY_RETRY_AFTER_CAP_S = env.float("GATEWAY_RETRY_AFTER_CAP_S", default=2.0)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

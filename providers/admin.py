@@ -5,14 +5,16 @@ or one of its keys, "fetch models" (import an upstream's model list into the cat
 and model metadata search and apply. Each tool is a form that works without JavaScript;
 htmx only swaps the result in place (one view serves the page and its fragment).
 """
+import math
 import re
+import time
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from datetime import timedelta
-
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -23,6 +25,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.widgets import UnfoldAdminPasswordWidget, UnfoldAdminTextareaWidget, UnfoldAdminTextInputWidget
 
@@ -360,12 +363,48 @@ class ProviderAdmin(ModelAdmin):
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(ModelAdmin):
     form = ProviderKeyForm
-    list_display = ["__str__", "provider", "label", "masked", "enabled", "weight", "created_at"]
+    list_display = ["__str__", "provider", "label", "masked", "enabled", "weight", "cooldown", "created_at"]
     list_filter = ["enabled", "provider__type", "provider"]
     search_fields = ["label", "provider__name"]
     list_select_related = ["provider"]
     readonly_fields = ["masked"]
     change_form_outer_after_template = "admin/providers/providerkey/_tools.html"
+
+    actions = ["clear_cooldowns"]
+
+    def get_changelist_instance(self, request):
+        # One MGET for the page's keys: when each cools until (shared by every gateway process).
+        changelist = super().get_changelist_instance(request)
+        rows = list(changelist.result_list)
+        from routing.resilience import key_cooldowns_sync  # routing's state of these keys (lazy: providers sits below routing)
+
+        try:
+            cooling = key_cooldowns_sync([k.pk for k in rows])
+        except RedisError:
+            cooling = None
+        for key in rows:
+            key.cooling_until = cooling.get(key.pk) if cooling is not None else "unknown"
+        return changelist
+
+    @admin.display(description=_("cooldown"))
+    def cooldown(self, obj):
+        until = getattr(obj, "cooling_until", None)
+        if until == "unknown":
+            return _("unknown (Redis unreachable)")
+        if until is None:
+            return _("ready")
+        return f"cooling for {math.ceil(until - time.time())} s (until {timezone.localtime(datetime.fromtimestamp(until, dt_timezone.utc)):%H:%M:%S})"
+
+    @admin.action(description=_("Clear the cooldown of the selected keys (every gateway process)"))
+    def clear_cooldowns(self, request, queryset):
+        from routing.resilience import clear_key_cooldowns_sync
+
+        try:
+            cleared = clear_key_cooldowns_sync(list(queryset.values_list("pk", flat=True)))
+        except RedisError:
+            self.message_user(request, _("Redis is unreachable: no cooldown was cleared."), messages.ERROR)
+            return
+        self.message_user(request, f"Cleared the cooldown of {cleared} key(s).", messages.SUCCESS)
 
     def get_fields(self, request, obj=None):
         return ["provider", *ProviderKeyForm.Meta.fields, "masked"]

@@ -36,9 +36,12 @@ def to_response(outcome: proxy.Outcome):
                         headers=outcome.headers)
 
 
-# Request headers the pipeline reads (lower-case name -> META key); nothing else is copied.
+# The few request headers the pipeline reads (lower-case name -> META name): Anthropic's
+# version and betas (passed on to Anthropic upstreams only), and session headers: Claude
+# Code's, Codex's (session-id, or session_id: both arrive as HTTP_SESSION_ID), ours.
 READ_HEADERS = {name: "HTTP_" + name.upper().replace("-", "_")
-                for name in ("anthropic-beta", "anthropic-version", "x-session-id", "session_id")}
+                for name in ("anthropic-beta", "anthropic-version", "x-claude-code-session-id", "session-id",
+                             "x-session-id")}
 
 
 def inbound_for(request, endpoint: Endpoint, body: dict | None = None) -> proxy.Inbound:

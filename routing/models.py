@@ -25,6 +25,10 @@ class Route(models.Model):
         help_text=_("Upstream status codes worth another attempt; empty means 408, 409, 429 and 5xx."),
     )
     cooldown_s = models.PositiveIntegerField(_("cooldown (s)"), default=30, help_text=_("Seconds a failing target or key sits out."))
+    session_ttl_s = models.PositiveIntegerField(
+        _("session affinity (s)"), default=3600,
+        help_text=_("Follow-ups of one conversation go to the same target for this long after its last "
+                    "request, while that target is healthy. 0 turns session affinity off."))
     description = models.TextField(_("description"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -119,6 +123,9 @@ class RequestLog(models.Model):
     diagnostics = models.TextField(
         _("diagnostics"), blank=True,
         help_text=_("What could not be carried to the upstream's protocol and was dropped, one field per line."))
+    note = models.CharField(
+        _("note"), max_length=200, blank=True,
+        help_text=_("What routing or accounting decided worth knowing: a session that moved, an unpriced model."))
     sanitized = models.BooleanField(
         _("sanitised"), default=False,
         help_text=_("Some text was changed (or dropped) so that the database could store the row."))

@@ -7,10 +7,8 @@
 HTTP request to it, a Celery task can call it directly (inside `runtime.opened()`).
 """
 import asyncio
-import itertools
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,24 +33,19 @@ from providers.wire.translate import custom_tool_names, translate_answer, transl
 
 from .endpoints import Endpoint
 from .record import RequestRecord, close_quietly
-from .resolve import find_route, order_targets
+from . import admission as admission_
+from .attempts import Plan, response_session, session_of
+from .resolve import find_route
 from .rules import apply_rules
-from .snapshot import ProviderEntry, ProviderKeyEntry, RouteEntry, TargetEntry
+from .snapshot import ProviderKeyEntry, TargetEntry
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_LIMIT = 64 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# Before trying the same target again (when it is the only one left): a short backoff
-# with jitter, or the upstream's Retry-After when shorter than this cap.
-BACKOFF_BASE_S = 0.1
-BACKOFF_CAP_S = 2.0
-
 # Operations whose answers are messages (read for usage, translated); others pass as they are.
 # (The log writer reads OpenAI chat answers itself.)
 ANSWERED_AS_MESSAGES = frozenset({"chat", "responses"})
-
-_key_turns: dict[int, itertools.count] = {}  # provider id -> counter, for taking keys in turn
 
 
 @dataclass(slots=True)
@@ -78,8 +71,9 @@ class Outcome:
 
 
 class AttemptFailed(Exception):
-    def __init__(self, failure: Failure):
+    def __init__(self, failure: Failure, headers=None):
         self.failure = failure
+        self.headers = headers  # the upstream's answer headers (rate-limit resets), when it answered
 
 
 async def serve(inbound: Inbound) -> Outcome:
@@ -130,12 +124,26 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
     body = record.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
     stream = endpoint.streams and body.get("stream") is True
     record.log.stream = stream
-    targets = order_targets(route)
-    if not targets:
+    if not route.targets:
         raise ServiceUnavailable(f"The model '{model}' has no upstream available right now; try again later.",
                                  code="no_targets", headers={"Retry-After": "30"},
                                  log_message=f"route {route.name}: every target is disabled")
-    return await _attempts(inbound, codec, body, route, targets, stream)
+    demand = admission_.Demand.of(endpoint, body, model, route, len(inbound.raw))
+    admission, plan = await admission_.admit_and_plan(inbound.key, route, demand, session_of(inbound.headers, body),
+                                                      runtime.current().redis)
+    record.admission = admission
+    if admission is not None and admission.unpriced:
+        record.log.note = "unpriced model: its cost counts against no budget"
+    try:
+        outcome = await _attempts(inbound, codec, body, plan, stream)
+    finally:
+        plan.finish()
+        note = plan.session_moved()
+        if note:
+            record.log.note = f"{record.log.note}; {note}" if record.log.note else note
+    if admission is not None:
+        outcome.headers.update(admission.headers())
+    return outcome
 
 
 def _validate(codec, endpoint: Endpoint, body: dict) -> None:
@@ -149,93 +157,52 @@ def _validate(codec, endpoint: Endpoint, body: dict) -> None:
         require_bool(body, "stream")
 
 
-async def _attempts(inbound: Inbound, codec, body: dict, route: RouteEntry, targets: list[TargetEntry],
-                    stream: bool) -> Outcome:
-    """Try the targets in order, within the request's one deadline, until one answers."""
+async def _attempts(inbound: Inbound, codec, body: dict, plan: Plan, stream: bool) -> Outcome:
+    """Try the planned targets, within the request's one deadline, until one answers."""
     record = inbound.record
+    route = plan.route
     deadline = time.monotonic() + settings.GATEWAY_TOTAL_TIMEOUT_S - (record.elapsed_ms() / 1000)
     failures: list[tuple[TargetEntry, Failure]] = []
-    excluded: set[int] = set()  # targets not worth another attempt in this request
-    refused_keys: set[int] = set()  # provider keys refused in this request
-    previous: TargetEntry | None = None
-    cursor = 0
     attempts = 0
-    while attempts < route.max_attempts:
-        target, cursor = _next_target(targets, cursor, excluded, previous, failures, refused_keys)
-        if target is None:
-            break
+    step = plan.first()
+    while attempts < route.max_attempts and not step.stop:
+        target, key = step.target, step.key
         provider = target.provider
         if provider.unusable:  # e.g. its keys cannot be decrypted: never call it without them
             failures.append((target, Failure("config", retryable=True, detail=provider.unusable)))
-            excluded.add(target.id)
+            plan.unusable(target)
+            step = plan.first()
             continue
-        key = _pick_key(provider, refused_keys)
-        if key is False:
-            excluded.add(target.id)
-            continue
-        if target is previous and not failures[-1][1].rotate_key:
-            await _back_off(attempts, failures[-1][1], deadline)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         attempts += 1
+        plan.tried_target(target)
         record.log.attempts = attempts
         record.log.provider = provider.name
         record.log.upstream_model = target.upstream_model
         record.log.price = target.price
+        started = time.perf_counter()
         try:
-            return await _attempt(inbound, body, target, key, stream, min(provider.timeout_s, remaining),
-                                  deadline, route.retry_on_status)
+            outcome = await _attempt(inbound, body, target, key, stream, min(provider.timeout_s, remaining),
+                                     deadline, route.retry_on_status)
         except AttemptFailed as exc:
             failure = exc.failure
             failures.append((target, failure))
-            if not failure.retryable:
+            step = await plan.failed(target, key, failure, exc.headers, deadline)
+            if not failure.retryable and step.stop:
                 raise _client_error(failures) from None
-            if failure.rotate_key and key is not None:
-                refused_keys.add(key.id)
-            if failure.kind == "timeout":  # a timed-out generation is not started again there
-                excluded.add(target.id)
-            previous = target
+            continue
+        # Latency to the first token of a stream, to the whole answer otherwise. Reported
+        # when the record ends (record.py), with the key's settlement.
+        record.add_report(plan.succeeded(
+            target, key, (time.perf_counter() - started) * 1000,
+            session_id=response_session(outcome.body) if outcome.body and not stream else None))
+        return outcome
     if not failures:
         raise ServiceUnavailable("The request's time limit ran out before an upstream could be tried.",
                                  code="deadline_exceeded")
     raise _client_error(failures)
-
-
-def _next_target(targets, cursor, excluded, previous, failures, refused_keys):
-    """The next target to try and the new cursor; the one that just failed only when no
-    other is left, or again with another key when its key was refused."""
-    if previous is not None and failures and failures[-1][1].rotate_key and previous.id not in excluded:
-        if _pick_key(previous.provider, refused_keys) not in (None, False):
-            return previous, cursor
-    candidates = [t for t in targets if t.id not in excluded]
-    if not candidates:
-        return None, cursor
-    for step in range(len(targets)):
-        target = targets[(cursor + step) % len(targets)]
-        if target.id in excluded or (target is previous and len(candidates) > 1):
-            continue
-        return target, cursor + step + 1
-    return None, cursor
-
-
-def _pick_key(provider: ProviderEntry, refused: set[int]) -> ProviderKeyEntry | None | bool:
-    """The next provider key in turn; None when the provider needs none; False when every
-    key was refused in this request."""
-    if not provider.keys:
-        return None
-    usable = [k for k in provider.keys if k.id not in refused]
-    if not usable:
-        return False
-    turn = next(_key_turns.setdefault(provider.id, itertools.count()))
-    return usable[turn % len(usable)]
-
-
-async def _back_off(attempt: int, failure: Failure, deadline: float) -> None:
-    delay = min(BACKOFF_BASE_S * (2 ** attempt), BACKOFF_CAP_S) * random.uniform(0.5, 1.0)
-    if failure.cool_until is not None:
-        delay = min(max(failure.cool_until - time.time(), delay), BACKOFF_CAP_S)
-    await asyncio.sleep(max(min(delay, deadline - time.monotonic() - 0.05), 0))
 
 
 def _client_error(failures: list[tuple[TargetEntry, Failure]]) -> GatewayError:
@@ -322,7 +289,7 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
                     content = await _read_limited(response)
                     message = _scrub(CODECS[upstream_wire].read_error(content), secret)
                     raise AttemptFailed(classify_status(response.status_code, response.headers, message,
-                                                        retry_on=retry_on))
+                                                        retry_on=retry_on), response.headers)
                 if stream:
                     relay = _stream_relay(client_wire, upstream_wire, inbound.body, secret)
                     chunks = response.aiter_raw()

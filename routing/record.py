@@ -6,6 +6,7 @@ type. The API handler calls `abandon` when it is done with a request, which ends
 nobody ended (the client left) and closes an upstream response nobody closed. This is also
 the place where a budget reservation is settled or released (see `end`).
 """
+import asyncio
 import logging
 import os
 import time
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class RequestRecord:
-    __slots__ = ("log", "started", "key", "upstream_s", "upstream", "ended", "__weakref__")
+    __slots__ = ("log", "started", "key", "upstream_s", "upstream", "ended", "admission", "reports", "_finisher",
+                 "__weakref__")
 
     def __init__(self, entry: LogEntry, started: float):
         self.log = entry
@@ -29,6 +31,9 @@ class RequestRecord:
         self.upstream_s = 0.0  # time spent waiting on upstreams
         self.upstream = None  # the open upstream response, closed by whoever ends the record
         self.ended = False
+        self.admission = None  # keys.limits.Admission of a key with limits: settled or released in end()
+        self.reports = []  # Redis calls reporting the attempt's success, sent with the settlement
+        self._finisher = None
 
     @classmethod
     def begin(cls, endpoint: str, client_ip: str | None = None) -> "RequestRecord":
@@ -63,8 +68,33 @@ class RequestRecord:
         if entry.overhead_ms is None:
             entry.overhead_ms = self.overhead_ms()
         entry.log_bodies = self.key is not None and self.key.log_bodies
-        # Budget reservations are settled (success) or released (anything else) here.
+        if self.admission is not None or self.reports:
+            self._finish_admission(entry)
         requestlog.queue.record(entry)
+
+    def _finish_admission(self, entry: LogEntry) -> None:
+        """Settle the key's reservation to what was delivered (an answer, or a stream even if cut
+        short: billed for what the client got), or release it (nothing delivered: a failure,
+        a rejection, a client gone before the first byte); with the attempt's success reports,
+        in one round trip. Off the hot path: a background task."""
+        from .admission import finish
+
+        admission, self.admission = self.admission, None
+        delivered = entry.ttfb_ms is not None and (entry.stream or 200 <= (entry.status or 0) < 300)
+        if (admission is not None and delivered and entry.price is None and admission.track_budget
+                and "unpriced" not in entry.note):
+            entry.note = f"{entry.note}; unpriced model" if entry.note else "unpriced model"
+        # The task reads self.reports when it starts: a report added in the same step as a
+        # non-streamed answer ends the record (right after end()) still goes with it.
+        self._finisher = _spawn(finish, admission, self.reports, entry, delivered, self.request_id)
+
+    def add_report(self, call) -> None:
+        """A Redis call to send when the request is over (the attempt's success report)."""
+        self.reports.append(call)
+        if self.ended and self._finisher is None:
+            from .admission import finish
+
+            self._finisher = _spawn(finish, None, self.reports, self.log, False, self.request_id)
 
     def fail(self, error: GatewayError) -> None:
         self.end(error=error)
@@ -77,6 +107,23 @@ class RequestRecord:
         if not self.ended:
             self.end(error=GatewayError("Client closed the connection before the answer was complete.",
                                         status=499, kind="client_disconnected"))
+
+
+_pending: set = set()  # settlements running after their request ended
+
+
+def _spawn(finish, admission, reports, entry, delivered, request_id):
+    from llmgateway import runtime
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a synchronous caller): a reservation expires by its TTL
+        log.warning("request %s ended outside an event loop; its reservation expires by its TTL", request_id)
+        return False
+    task = loop.create_task(finish(admission, reports, entry, delivered, runtime.current().redis))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return task
 
 
 async def close_quietly(response) -> None:

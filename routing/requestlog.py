@@ -76,6 +76,7 @@ class LogEntry:
     body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
     log_bodies: bool = False  # the key's setting: store request and response text
     diagnostics: list[str] | None = None  # what translation dropped (field: reason)
+    note: str = ""  # what routing or accounting decided worth knowing (a session moved, an unpriced model)
 
     def __reduce__(self):
         # Pickled as a plain tuple: the dataclass default looks its fields up for every entry.
@@ -315,6 +316,7 @@ def _row(e: LogEntry):
         response_body=response_body,
         sanitized=any(changed for _, changed in texts),
         diagnostics=_clean("\n".join(e.diagnostics))[0][:4000] if e.diagnostics else "",
+        note=e.note[:200],
     )
 
 

@@ -51,7 +51,7 @@ from django.conf import settings
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from llmgateway.redis import async_client
+from llmgateway.redis import ScriptCall, async_client
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,24 @@ async def read_state(route_id: int, target_ids: Sequence[int], provider_key_ids:
     latency averages and the session's bound target. With claim_probes, a target whose open
     time is over is claimed for this request as the one half-open probe. With count_request,
     the request counts towards the route's retry budget for this minute. Never raises for a
-    Redis outage: it logs and answers an empty state (available=False)."""
+    Redis outage: it logs and answers an empty state (available=False).
+
+    To send it with other calls in one round trip: prepare_read_state, run_scripts, then
+    state_from_reply (or unavailable_state)."""
+    call, target_ids, provider_key_ids = prepare_read_state(
+        route_id, target_ids, provider_key_ids, session_id=session_id, claim_probes=claim_probes,
+        count_request=count_request, policy=policy, now=now)
+    try:
+        reply = await call.script(keys=call.keys, args=call.args, client=redis or async_client())
+    except RedisError as exc:
+        return unavailable_state(exc, now)
+    return state_from_reply(reply, target_ids, provider_key_ids)
+
+
+def prepare_read_state(route_id: int, target_ids: Sequence[int], provider_key_ids: Sequence[int] = (), *,
+                       session_id: str | None = None, claim_probes: bool = True, count_request: bool = True,
+                       policy: Policy | None = None, now: float | None = None):
+    """(read_state's Redis call, target ids, provider key ids) for state_from_reply."""
     policy = policy or Policy.from_settings()
     target_ids, provider_key_ids = list(target_ids), list(provider_key_ids)
     wall = time.time() if now is None else now
@@ -333,11 +350,16 @@ async def read_state(route_id: int, target_ids: Sequence[int], provider_key_ids:
             *(circuit_key(t) for t in target_ids), *(cooldown_key(k) for k in provider_key_ids)]
     args = [_now_arg(now), len(target_ids), len(provider_key_ids), int(policy.probe_lease_s * 1000),
             int(claim_probes), int(count_request), int(bool(session_id)), *target_ids]
-    try:
-        now_ms, aff, states, opens, cools, lats = await _READ(keys=keys, args=args, client=redis or async_client())
-    except RedisError as exc:
-        outage_log.report("reading routing state", exc)
-        return RoutingState(now=wall, available=False)
+    return ScriptCall(_READ, keys, args), target_ids, provider_key_ids
+
+
+def unavailable_state(exc: BaseException, now: float | None = None) -> RoutingState:
+    outage_log.report("reading routing state", exc)
+    return RoutingState(now=time.time() if now is None else now, available=False)
+
+
+def state_from_reply(reply, target_ids: Sequence[int], provider_key_ids: Sequence[int]) -> RoutingState:
+    now_ms, aff, states, opens, cools, lats = reply
     return RoutingState(
         now=now_ms / 1000,
         circuits={t: _STATES[s] for t, s in zip(target_ids, states)},
@@ -372,6 +394,21 @@ async def report_attempt(route_id: int, target_id: int, provider_key_id: int | N
     want_retry: ask the route's retry budget for one more attempt (counted when granted).
     bind_session: (session id, ttl s) to bind to this target on success (session affinity).
     Never raises for a Redis outage: it logs and allows the retry."""
+    call = prepare_report(route_id, target_id, provider_key_id, outcome=outcome, probe=probe, retry_at=retry_at,
+                          latency_ms=latency_ms, want_retry=want_retry, bind_session=bind_session, policy=policy,
+                          now=now)
+    try:
+        reply = await call.script(keys=call.keys, args=call.args, client=redis or async_client())
+    except RedisError as exc:
+        return report_unreachable(exc)
+    return report_from_reply(reply)
+
+
+def prepare_report(route_id: int, target_id: int, provider_key_id: int | None, *, outcome: str,
+                   probe: bool = False, retry_at: float | None = None, latency_ms: float | None = None,
+                   want_retry: bool = False, bind_session: tuple[str, float] | None = None,
+                   policy: Policy | None = None, now: float | None = None) -> ScriptCall:
+    """report_attempt's Redis call, to send alone or with others (run_scripts)."""
     if outcome not in _OUTCOME_CODE:
         raise ValueError(f"unknown outcome {outcome!r}; one of {OUTCOMES}")
     policy = policy or Policy.from_settings()
@@ -388,11 +425,16 @@ async def report_attempt(route_id: int, target_id: int, provider_key_id: int | N
             int(policy.open_s * 1000), int(policy.key_cooldown_base_s * 1000), int(policy.key_cooldown_cap_s * 1000),
             -1 if latency_ms is None else f"{latency_ms:.3f}", policy.latency_alpha, int(want_retry),
             policy.retry_ratio, policy.retry_min, target_id if session_id else "", int(ttl_s * 1000), int(has_key)]
-    try:
-        retry, circuit, cool_until = await _REPORT(keys=keys, args=args, client=redis or async_client())
-    except RedisError as exc:
-        outage_log.report("reporting an attempt", exc)
-        return ReportResult(retry_allowed=True, circuit=CLOSED, key_cooling_until=None)
+    return ScriptCall(_REPORT, keys, args)
+
+
+def report_unreachable(exc: BaseException) -> ReportResult:
+    outage_log.report("reporting an attempt", exc)
+    return ReportResult(retry_allowed=True, circuit=CLOSED, key_cooling_until=None)
+
+
+def report_from_reply(reply) -> ReportResult:
+    retry, circuit, cool_until = reply
     return ReportResult(retry_allowed=bool(retry), circuit=_STATES[circuit],
                         key_cooling_until=cool_until / 1000 if cool_until else None)
 
@@ -530,3 +572,32 @@ def cooldown_seconds(retry_at: float | None, now: float | None = None) -> float 
     if retry_at is None:
         return None
     return max(math.ceil(retry_at - (time.time() if now is None else now)), 0)
+
+
+# --- for the admin (synchronous; never on the hot path) -------------------------------------
+
+def key_cooldowns_sync(provider_key_ids: Sequence[int], *, redis=None) -> dict[int, float]:
+    """provider key id -> epoch s until which it cools, for the keys that cool now (ONE MGET).
+    Raises RedisError when Redis is unreachable."""
+    from llmgateway.redis import sync_client
+
+    ids = list(provider_key_ids)
+    if not ids:
+        return {}
+    values = (redis or sync_client()).mget([cooldown_key(k) for k in ids])
+    now = time.time()
+    return {k: int(v) / 1000 for k, v in zip(ids, values) if v is not None and int(v) / 1000 > now}
+
+
+def clear_key_cooldowns_sync(provider_key_ids: Sequence[int], *, redis=None) -> int:
+    """End the cooldowns (and failure streaks) of these provider keys, for every gateway
+    process at once. Returns how many keys were cooling."""
+    from llmgateway.redis import sync_client
+
+    ids = list(provider_key_ids)
+    if not ids:
+        return 0
+    client = redis or sync_client()
+    cooling = client.delete(*(cooldown_key(k) for k in ids))
+    client.delete(*(streak_key(k) for k in ids))
+    return cooling

@@ -18,17 +18,22 @@ def find_route(snapshot: Snapshot, model: str, key: KeyEntry) -> RouteEntry:
     return route
 
 
-def order_targets(route: RouteEntry, rng=random) -> list[TargetEntry]:
-    """The route's targets in the order to try them, by its strategy."""
+def order_targets(route: RouteEntry, rng=random, latency_ms=None) -> list[TargetEntry]:
+    """The route's targets in the order to try them, by its strategy. least_latency uses
+    `latency_ms` (target id -> moving average); a target without a sample yet goes first,
+    so that every target gets measured."""
     targets = list(route.targets)
     if len(targets) < 2:
         return targets
+    if route.strategy == "least_latency" and latency_ms:
+        shuffled = _weighted_order(targets, rng)  # ties broken by weight
+        return sorted(shuffled, key=lambda t: latency_ms.get(t.id, 0.0))
     if route.strategy == "weighted":
         return _weighted_order(targets, rng)
     if route.strategy == "round_robin":
         start = next(_round_robin.setdefault(route.id, itertools.count())) % len(targets)
         return targets[start:] + targets[:start]
-    # priority, and least_latency until latency stats exist: lower priority first,
+    # priority, and least_latency until any latency is known: lower priority first,
     # weighted among equals.
     ordered = []
     for _, group in itertools.groupby(sorted(targets, key=lambda t: t.priority), key=lambda t: t.priority):

@@ -1,6 +1,7 @@
 """The endpoints beside the main ones, which the gateway answers itself or passes on only to
 upstreams that can serve them: Anthropic's count_tokens, and the Responses API's stored
 responses (GET /v1/responses/{id}) and compaction (POST /v1/responses/compact)."""
+import dataclasses
 import json
 
 import httpx
@@ -14,6 +15,7 @@ from providers.wire import CODECS, InvalidField
 from providers.wire.translate import translate_request
 
 from . import proxy
+from .attempts import make_plan
 from .record import close_quietly
 from .resolve import find_route, order_targets
 
@@ -37,8 +39,7 @@ async def count_tokens(inbound: proxy.Inbound) -> proxy.Outcome:
         inbound.record.log.route = route.name
         targets = order_targets(route)
         if targets and targets[0].provider.type == "anthropic":
-            anthropic = [t for t in targets if t.provider.type == "anthropic"]
-            return await proxy._attempts(inbound, codec, body, route, anthropic, stream=False)
+            return await _attempts_on(inbound, codec, body, route, [t for t in targets if t.provider.type == "anthropic"])
         count = _estimate(body, model)
         inbound.record.end(200)
         return proxy.Outcome(200, {"x-request-id": inbound.record.request_id, ESTIMATE_HEADER: "estimate"},
@@ -68,7 +69,7 @@ async def compact(inbound: proxy.Inbound) -> proxy.Outcome:
             raise NotImplementedHere(
                 f"The model '{model}' is served by an upstream without the Responses API, which cannot compact "
                 "a conversation. Send the full input instead.")
-        return await proxy._attempts(inbound, codec, body, route, native, stream=False)
+        return await _attempts_on(inbound, codec, body, route, native)
     except GatewayError as err:
         return proxy.error_outcome(inbound.record, codec, err)
 
@@ -105,6 +106,15 @@ async def retrieve_response(inbound: proxy.Inbound, response_id: str) -> proxy.O
                              content.replace(key.encode(), b"***") if key else content)
     except GatewayError as err:
         return proxy.error_outcome(record, codec, err)
+
+
+async def _attempts_on(inbound: proxy.Inbound, codec, body: dict, route, targets) -> proxy.Outcome:
+    """The pipeline's attempts, on some of the route's targets only (those that can serve it)."""
+    plan = await make_plan(dataclasses.replace(route, targets=tuple(targets)), session_id=None, prompt_tokens=None)
+    try:
+        return await proxy._attempts(inbound, codec, body, plan, stream=False)
+    finally:
+        plan.finish()
 
 
 def _model_body(inbound: proxy.Inbound) -> tuple[dict, str]:

@@ -73,6 +73,8 @@ class TargetEntry:
     priority: int
     weight: int
     price: Price | None
+    context_window: int | None = None  # tokens, from the catalog (None: unknown)
+    max_output_tokens: int | None = None  # from the catalog (None: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class RouteEntry:
     targets: tuple[TargetEntry, ...]
     rules: tuple[RuleEntry, ...]
     created: int
+    session_ttl_s: int = 3600  # session affinity; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,13 @@ def _price(entry) -> Price | None:
         output=float(entry.output_price_per_m or 0),
         cached_input=float(cached) if cached is not None else input_price,
     )
+
+
+def _catalog_fields(entry) -> dict:
+    if entry is None:
+        return {"price": None}
+    price, context_window, max_output = entry
+    return {"price": price, "context_window": context_window or None, "max_output_tokens": max_output or None}
 
 
 def build_snapshot(version: str = "") -> Snapshot:
@@ -154,20 +164,22 @@ def build_snapshot(version: str = "") -> Snapshot:
             weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
             keys=tuple(keys), unusable=unusable, native_responses=p.native_responses,
         )
-    prices = {(c.provider_id, c.model_id): _price(c) for c in CatalogEntry.objects.all()}
+    catalog = {(c.provider_id, c.model_id): (_price(c), c.context_window, c.max_output_tokens)
+               for c in CatalogEntry.objects.all()}
 
     routes, by_name = [], {}
     for r in Route.objects.filter(enabled=True).prefetch_related("targets", "prompt_rules"):
         targets = tuple(
             TargetEntry(id=t.pk, provider=providers[t.provider_id], upstream_model=t.upstream_model,
-                        priority=t.priority, weight=t.weight, price=prices.get((t.provider_id, t.upstream_model)))
+                        priority=t.priority, weight=t.weight,
+                        **_catalog_fields(catalog.get((t.provider_id, t.upstream_model))))
             for t in r.targets.all() if t.enabled and t.provider_id in providers
         )
         rules = tuple(entry for rule in r.prompt_rules.all() if rule.enabled and (entry := _rule_entry(rule)))
         entry = RouteEntry(
             id=r.pk, name=r.name, aliases=tuple(r.aliases or ()), strategy=r.strategy, max_attempts=r.max_attempts,
             retry_on_status=frozenset(r.retry_on_status or ()), cooldown_s=r.cooldown_s, targets=targets,
-            rules=rules, created=int(r.created_at.timestamp()),
+            rules=rules, created=int(r.created_at.timestamp()), session_ttl_s=r.session_ttl_s,
         )
         routes.append(entry)
         for name in (*entry.aliases, entry.name):  # a route's own name wins over another's alias

@@ -499,8 +499,8 @@ def test_export_is_sorted_and_escapes_dollar_braces():
     assert list(exported) == ["version", "providers", "models", "virtual_keys", "monitoring"]
     assert list(exported["providers"]) == ["anthropic-direct", "openai-main"]
     assert list(exported["models"]["gpt-4o-mini"]) == ["aliases", "strategy", "enabled", "max_attempts",
-                                                       "retry_on_status", "cooldown_s", "description", "targets",
-                                                       "prompt_rules"]
+                                                       "retry_on_status", "cooldown_s", "session_ttl_s", "description",
+                                                       "targets", "prompt_rules"]
     assert PromptRule.objects.get(operation="replace").text == "Acme Corp, price ${PRICE}"
     assert "text: Acme Corp, price $${PRICE}" in text
     assert "  - operation: system_prepend\n      text: |\n        You are terse.\n" in text

@@ -162,7 +162,8 @@ def _apply_catalog(provider, catalog: dict, summary):
         _save(entry, values, f"catalog model {model_id!r} of provider {provider.name!r}", summary)
 
 
-ROUTE_FIELDS = ("aliases", "strategy", "enabled", "max_attempts", "retry_on_status", "cooldown_s", "description")
+ROUTE_FIELDS = ("aliases", "strategy", "enabled", "max_attempts", "retry_on_status", "cooldown_s", "session_ttl_s",
+                "description")
 
 
 def _apply_routes(routes: dict, summary):
@@ -202,7 +203,8 @@ def _apply_prompt_rules(route, rules: list[dict], summary):
         _save(rule, dict(spec), f"prompt rule #{position + 1} of model {route.name!r}", summary)
 
 
-VIRTUAL_KEY_FIELDS = ("enabled", "expires_at", "rpm", "tpm", "budget_usd", "budget_period", "log_bodies", "notes")
+VIRTUAL_KEY_FIELDS = ("enabled", "expires_at", "rpm", "tpm", "budget_usd", "budget_period", "unpriced_policy",
+                      "log_bodies", "notes")
 
 
 def _apply_virtual_keys(keys: dict, summary):

@@ -128,6 +128,7 @@ def _export_routes() -> dict:
             "max_attempts": route.max_attempts,
             "retry_on_status": route.retry_on_status,
             "cooldown_s": route.cooldown_s,
+            "session_ttl_s": route.session_ttl_s,
             "description": route.description,
             "targets": [_export_target(target) for target in targets],
             "prompt_rules": [_export_rule(rule) for rule in route.prompt_rules.all()],
@@ -159,6 +160,7 @@ def _export_virtual_keys() -> dict:
         "tpm": key.tpm,
         "budget_usd": float(key.budget_usd) if key.budget_usd is not None else None,
         "budget_period": key.budget_period,
+        "unpriced_policy": key.unpriced_policy,
         "log_bodies": key.log_bodies,
         "notes": key.notes,
     }) for key in keys}

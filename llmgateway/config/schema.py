@@ -373,6 +373,7 @@ ROUTE = record({
     "max_attempts": Field(integer(1), _default(Route, "max_attempts")),
     "retry_on_status": Field(list_of(validated(integer(None), validators.validate_status_code), unique=True), []),
     "cooldown_s": Field(integer(0), _default(Route, "cooldown_s")),
+    "session_ttl_s": Field(integer(0), _default(Route, "session_ttl_s")),
     "description": Field(text(), ""),
     "targets": Field(list_of(TARGET), []),
     "prompt_rules": Field(list_of(PROMPT_RULE), []),
@@ -387,6 +388,7 @@ VIRTUAL_KEY = record({
     "tpm": Field(integer(0, nullable=True)),
     "budget_usd": Field(decimal(12, 4)),
     "budget_period": Field(choice(VirtualKey.BudgetPeriod.values), _default(VirtualKey, "budget_period")),
+    "unpriced_policy": Field(choice(VirtualKey.UnpricedPolicy.values), _default(VirtualKey, "unpriced_policy")),
     "log_bodies": Field(boolean, False),
     "notes": Field(text(), ""),
 })
