@@ -186,7 +186,7 @@ def test_chat_validation_names_the_bad_field(body, param):
     ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
     (make_anthropic_request(max_tokens=-1), "max_tokens"),
     (make_anthropic_request(max_tokens=True), "max_tokens"),
-    (make_anthropic_request(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
+    (make_anthropic_request(messages=[{"role": "robot", "content": "x"}]), "messages.0.role"),
     (make_anthropic_request(messages=[{"role": "user", "content": [{"text": "no type"}]}]), "messages.0.content.0"),
     (make_anthropic_request(system=5), "system"),
     (make_anthropic_request(stream=1), "stream"),
@@ -377,3 +377,16 @@ def test_an_explicit_reasoning_effort_of_none_is_kept():
     assert body["reasoning"] == {"effort": "none"}
     body, _ = translate_request(make_chat_request(reasoning_effort="none"), "openai_chat", "anthropic_messages", "m")
     assert body["thinking"] == {"type": "disabled"}
+
+
+def test_a_system_message_after_user_turns_reaches_a_chat_upstream_in_place():
+    """Claude Code sends its environment notes as a system-role message after the user turn."""
+    body = make_anthropic_request(system="You are terse.", messages=[
+        {"role": "user", "content": "list files"},
+        {"role": "system", "content": "cwd: /repo"},
+    ])
+    chat, _ = translate_request(body, "anthropic_messages", "openai_chat", "gpt-4o-mini")
+    roles = [(m["role"], m["content"] if isinstance(m["content"], str) else m["content"][0]["text"])
+             for m in chat["messages"]]
+    assert roles[0] == ("system", "You are terse.")
+    assert roles[1:] == [("user", "list files"), ("system", "cwd: /repo")]

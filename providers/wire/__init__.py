@@ -116,6 +116,36 @@ def read_safely(read, payload) -> list:
         return [_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read.")]
 
 
+class EventReader:
+    """What every format's StreamReader does with arriving bytes: cut them into whole SSE
+    events, decode each event's JSON, and read it into hub events with `read_event`; an
+    event that is not JSON, or not of its format's shape, becomes an Error. `[DONE]` (chat's
+    end marker) goes to `on_done`. Subclasses set `_splitter` (an sse.EventSplitter) and
+    `done`, and define `read_event`."""
+
+    def feed(self, data: bytes) -> list:
+        from ..sse import event_data
+
+        events = []
+        for raw in self._splitter.feed(data):
+            payload = event_data(raw)
+            if payload is None or self.done:
+                continue
+            if payload.strip() == b"[DONE]":
+                events += self.on_done()
+                continue
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                events.append(_hub().Error("invalid_response", "The upstream sent an event that is not JSON."))
+                continue
+            events += read_safely(self.read_event, event)
+        return events
+
+    def on_done(self) -> list:
+        return []
+
+
 def _hub():
     from .. import hub  # the hub imports nothing from here; the late import keeps it that way
     return hub

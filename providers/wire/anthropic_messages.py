@@ -7,7 +7,7 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data, named_event
 from . import (
-    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
     require_bool, require_model, require_positive_int,
 )
 from .openai_chat import object_schema
@@ -516,7 +516,7 @@ def read_error(content: bytes) -> str:
 
 # --- streams -------------------------------------------------------------------------------
 
-class StreamReader:
+class StreamReader(EventReader):
     """Anthropic SSE events in, hub events out."""
 
     def __init__(self):
@@ -528,24 +528,10 @@ class StreamReader:
         self._stop: tuple[hub.StopReason, str | None] | None = None
         self._stop_sequence = None
 
-    def feed(self, data: bytes) -> list:
-        events = []
-        for raw in self._splitter.feed(data):
-            payload = event_data(raw)
-            if payload is None or self.done:
-                continue
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
-                continue
-            events += read_safely(self._read_event, event)
-        return events
-
     def close(self) -> list:
         return []  # a stream without message_stop has not finished: no Finish is made up
 
-    def _read_event(self, event: dict) -> list:
+    def read_event(self, event: dict) -> list:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}

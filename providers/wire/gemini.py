@@ -9,7 +9,7 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, data_event, event_data
 from . import (
-    InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
     require_positive_int,
 )
 from .openai_chat import object_schema
@@ -468,7 +468,7 @@ def read_error(content: bytes) -> str:
 
 # --- streams -------------------------------------------------------------------------------
 
-class StreamReader:
+class StreamReader(EventReader):
     """streamGenerateContent?alt=sse chunks in, hub events out. Each chunk holds whole parts;
     text and thoughts continue a block across chunks, each function call is a block of its own."""
 
@@ -482,20 +482,6 @@ class StreamReader:
         self._has_calls = False
         self._usage: hub.Usage | None = None
         self._model = ""
-
-    def feed(self, data: bytes) -> list:
-        events = []
-        for raw in self._splitter.feed(data):
-            payload = event_data(raw)
-            if payload is None or self.done:
-                continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
-                continue
-            events += read_safely(self._read_chunk, chunk)
-        return events
 
     def close(self) -> list:
         return []  # Gemini says it finished with a finishReason; without one it has not
@@ -514,7 +500,7 @@ class StreamReader:
         self._open = (kind, index)
         return events + [hub.BlockStart(index, kind, **fields)]
 
-    def _read_chunk(self, chunk: dict) -> list:
+    def read_event(self, chunk: dict) -> list:
         if "error" in chunk:
             self.done = True
             error = chunk["error"] or {}

@@ -7,7 +7,7 @@ from .. import hub
 from ..adapters.base import Usage, as_int
 from ..sse import EventSplitter, data_event, event_data, split_events
 from . import (
-    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    EventReader, InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
     require_positive_int,
 )
 
@@ -459,7 +459,7 @@ def read_error(content: bytes) -> str:
 
 # --- streams -------------------------------------------------------------------------------
 
-class StreamReader:
+class StreamReader(EventReader):
     """Chat completion chunks (SSE bytes) in, hub events out. Blocks are numbered in the
     order they open; one block is open at a time, except that tool calls keep their own
     index so interleaved argument deltas still reach the right call."""
@@ -474,22 +474,8 @@ class StreamReader:
         self._finish: tuple[hub.StopReason, str | None] | None = None
         self._usage: hub.Usage | None = None
 
-    def feed(self, data: bytes) -> list:
-        events = []
-        for raw in self._splitter.feed(data):
-            payload = event_data(raw)
-            if payload is None or self.done:
-                continue
-            if payload.strip() == b"[DONE]":
-                events += self._end()
-                continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                events.append(hub.Error("invalid_response", "The upstream sent a chunk that is not JSON."))
-                continue
-            events += read_safely(self._read_chunk, chunk)
-        return events
+    def on_done(self) -> list:
+        return self._end()
 
     def close(self) -> list:
         """Events owed at the end: blocks still open, and Finish if a finish reason came."""
@@ -517,7 +503,7 @@ class StreamReader:
         self._open = (key, index)
         return events + [hub.BlockStart(index, kind, **fields)]
 
-    def _read_chunk(self, chunk: dict) -> list:
+    def read_event(self, chunk: dict) -> list:
         if "error" in chunk and not chunk.get("choices"):
             error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
             self.done = True

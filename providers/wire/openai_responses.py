@@ -6,7 +6,7 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, event_data
 from . import (
-    InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    EventReader, InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
     require_positive_int,
 )
 from .openai_chat import error_body, object_schema
@@ -470,7 +470,7 @@ def read_error(content: bytes) -> str:
 
 # --- streams -------------------------------------------------------------------------------
 
-class StreamReader:
+class StreamReader(EventReader):
     """Responses SSE events in, hub events out. Blocks are keyed by output_index (and
     content_index for text), numbered in the order they open."""
 
@@ -484,20 +484,6 @@ class StreamReader:
         self._calls = False
         self._refused = False
 
-    def feed(self, data: bytes) -> list:
-        events = []
-        for raw in self._splitter.feed(data):
-            payload = event_data(raw)
-            if payload is None or self.done:
-                continue
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                events.append(hub.Error("invalid_response", "The upstream sent an event that is not JSON."))
-                continue
-            events += read_safely(self._read_event, event)
-        return events
-
     def close(self) -> list:
         return []
 
@@ -508,7 +494,7 @@ class StreamReader:
         self._next += 1
         return [hub.BlockStart(index, kind, **fields)]
 
-    def _read_event(self, event: dict) -> list:
+    def read_event(self, event: dict) -> list:
         kind = event.get("type", "")
         output_index = event.get("output_index", 0)
         if kind == "response.created":
