@@ -25,11 +25,12 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
     base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url,
                  "gemini": root + "/v1beta", "azure_openai": root + "/openai"}
     with django_db_blocker.unblock():
-        names = {}
+        names, routes = {}, []
         for kind in UPSTREAMS:
             provider = make_provider(base_urls[kind], type=kind)
-            names[kind] = make_route((provider, "mock-model"), max_attempts=1).name
-        _, secret = make_key()
+            routes.append(make_route((provider, "mock-model"), max_attempts=1))
+            names[kind] = routes[-1].name
+        _, secret = make_key(routes=routes)  # these models only: other tests' upstreams stay out of reach
     for name in names.values():
         wait_for_model(gateway, name, key=secret)
     return names, secret
