@@ -8,6 +8,10 @@ from llmgateway.errors import AuthenticationFailed, PermissionDenied
 
 from .secrets import hash_key
 
+# One answer for an unknown, wrong, disabled or expired key: a client cannot tell them apart
+# (the request log keeps the real reason for the operator).
+WRONG_KEY = "Incorrect API key provided."
+
 # Compared against when the presented key is unknown, so unknown and wrong keys
 # do the same work.
 _NO_SUCH_HASH = hash_key("no such key")
@@ -79,11 +83,11 @@ def authenticate(meta, keys_by_hash: dict[str, KeyEntry], now: float | None = No
     entry = keys_by_hash.get(digest)
     matched = hmac.compare_digest(digest, entry.key_hash if entry else _NO_SUCH_HASH)
     if entry is None or not matched:
-        raise AuthenticationFailed("Incorrect API key provided.")
+        raise AuthenticationFailed(WRONG_KEY, log_message="no such key")
     if not entry.enabled:
-        raise AuthenticationFailed("This API key is disabled.", code="key_disabled")
+        raise AuthenticationFailed(WRONG_KEY, log_message="the key is disabled")
     if entry.expires_at is not None and entry.expires_at <= (now or time.time()):
-        raise AuthenticationFailed("This API key has expired.", code="key_expired")
+        raise AuthenticationFailed(WRONG_KEY, log_message="the key has expired")
     return entry
 
 

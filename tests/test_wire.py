@@ -319,3 +319,13 @@ def test_bodies_are_logged_only_for_keys_that_ask(live, db_access):
     assert json.loads(logged.request_body)["messages"][0]["content"] == "hello"
     assert "Hello from mock" in logged.response_body
     assert LOGGING_KEY not in logged.request_body and PROVIDER_SECRET not in logged.request_body
+
+
+def test_unknown_disabled_and_expired_keys_look_the_same_to_the_client(live, db_access):
+    answers = [post(live, CHAT, key=key) for key in ("sk-gw-unknown-key-123", DISABLED_KEY, EXPIRED_KEY)]
+    bodies = {json.dumps(r.json()) for r in answers}
+    assert len(bodies) == 1 and {r.status_code for r in answers} == {401}
+    assert len({tuple(sorted(k for k in r.headers if k not in ("x-request-id", "date", "content-length")))
+                for r in answers}) == 1
+    reasons = [wait_for_log(r.headers["x-request-id"]).error_message for r in answers]
+    assert reasons == ["no such key", "the key is disabled", "the key has expired"]
