@@ -12,6 +12,7 @@ at the dearest price among the targets it may be served by. A budgeted key under
 "refuse" unpriced policy is served only by priced targets. The monitoring key is never
 limited.
 """
+import asyncio
 import dataclasses
 import logging
 
@@ -137,18 +138,23 @@ async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, sessi
     key's budget must not be skipped), the 503 of a route whose every target cools, the 400
     of a prompt no target's window fits. A refused request counts nothing and reaches no upstream."""
     admission, admit_call, route = prepare_admission(key, route, demand)
-    read_call, target_ids, key_ids = attempts.prepare_state(route, session_id)
-    calls = [read_call] if admit_call is None else [read_call, admit_call]
-    try:
-        replies = await run_scripts(redis, calls)
-    except RedisError as exc:
-        state = resilience.unavailable_state(exc)
-        if admit_call is not None:
-            admission = limits.admission_unreachable(admission, exc)  # raises for a budget, by default
-    else:
-        state = resilience.state_from_reply(replies[0], target_ids, key_ids)
-        if admit_call is not None:
-            admission = limits.admission_from_reply(admission, replies[1])
+    sessionless = session_id is None or not route.session_ttl_s
+    state = attempts.quiet_state(route) if admit_call is None and sessionless else None
+    if state is None:
+        read_call, target_ids, key_ids = attempts.prepare_state(route, session_id)
+        calls = [read_call] if admit_call is None else [read_call, admit_call]
+        try:
+            replies = await run_scripts(redis, calls)
+        except RedisError as exc:
+            state = resilience.unavailable_state(exc)
+            if admit_call is not None:
+                admission = limits.admission_unreachable(admission, exc)  # raises for a budget, by default
+        else:
+            state = resilience.state_from_reply(replies[0], target_ids, key_ids)
+            if admit_call is not None:
+                admission = limits.admission_from_reply(admission, replies[1])
+        if sessionless:
+            attempts.remember_state(route, state)
     if admission is not None and not admission.allowed:
         attempts.release_probes(state, redis)
         raise admission.error()
@@ -194,6 +200,46 @@ def delivered_usage(entry, prompt_estimate: int = 0) -> tuple[int, float | None,
     return input_tokens + output_tokens, cost, estimated
 
 
+# Reports and settlements of requests that end close together go to Redis in one round trip:
+# they wait up to GATEWAY_REPORT_BATCH_S (the client never waits for them).
+_batches: dict = {}  # redis client -> [(calls, future)]
+
+
+async def _send_together(redis, calls: list) -> None:
+    done = asyncio.get_running_loop().create_future()
+    send_later(redis, calls, done)
+    await done
+
+
+def send_later(redis, calls: list, done=None) -> None:
+    """Queue calls for the next shared round trip (`done`, if given, learns how it went)."""
+    batch = _batches.get(redis)
+    if batch is None:
+        batch = _batches[redis] = []
+        asyncio.get_running_loop().create_task(_flush(redis, batch))
+    batch.append((calls, done))
+
+
+async def _flush(redis, batch: list) -> None:
+    await asyncio.sleep(settings.GATEWAY_REPORT_BATCH_S)
+    _batches.pop(redis, None)
+    try:
+        await run_scripts(redis, [call for calls, _ in batch for call in calls])
+    except Exception as exc:
+        waiting = [done for _, done in batch if done is not None]
+        for done in waiting:
+            done.set_exception(exc)
+        if len(waiting) < len(batch):  # reports nobody waits for: said once, here
+            if isinstance(exc, RedisError):
+                limits.outage_log.report("sending routing reports", exc)
+            else:
+                log.error("sending routing reports failed: %s", exc)
+    else:
+        for _, done in batch:
+            if done is not None:
+                done.set_result(None)
+
+
 async def finish(admission, reports: list, entry, delivered: bool, redis) -> None:
     """After the request: settle the admission to what was delivered (with the success
     reports of the attempt, in ONE round trip), or release it when nothing was."""
@@ -209,7 +255,7 @@ async def finish(admission, reports: list, entry, delivered: bool, redis) -> Non
             if settle is not None:
                 calls.append(settle)
         if calls:
-            await run_scripts(redis, calls)
+            await _send_together(redis, calls)
     except RedisError as exc:  # the reservation expires by its TTL; the spend is rebuilt from the log
         limits.outage_log.report("settling usage", exc)
     except Exception:  # never let accounting break the request's end

@@ -209,6 +209,7 @@ class Plan:
     async def failed(self, target: TargetEntry, key: ProviderKeyEntry | None, failure: Failure, headers,
                      deadline: float) -> Step:
         """Learn from a failed attempt, report it (ONE Redis call) and say what comes next."""
+        _quiet_states.pop(self.route.id, None)
         now = time.time()
         outcome = outcome_of(failure)
         retry_at = None
@@ -301,6 +302,30 @@ async def make_plan(route: RouteEntry, *, session_id: str | None, prompt_tokens:
         state = resilience.unavailable_state(exc)
     return plan_from_state(route, state, session_id=session_id, prompt_tokens=prompt_tokens,
                            wanted_output=wanted_output, redis=redis, rng=rng)
+
+
+# Per process, per route: the last state read, kept for GATEWAY_ROUTING_STATE_CACHE_S when
+# it says nothing is wrong (Redis reachable, no open circuit or probe, no cooling key, no
+# session). Requests of a key without limits then plan with no Redis round trip (it was a
+# fifth of a request's CPU). Any failure this process sees drops the route's entry at once;
+# another process's failures are seen within the cache time.
+_quiet_states: dict[int, tuple[float, resilience.RoutingState]] = {}
+
+
+def quiet_state(route: RouteEntry) -> resilience.RoutingState | None:
+    hit = _quiet_states.get(route.id)
+    if hit is not None and time.monotonic() - hit[0] < settings.GATEWAY_ROUTING_STATE_CACHE_S:
+        return hit[1]
+    return None
+
+
+def remember_state(route: RouteEntry, state: resilience.RoutingState) -> None:
+    quiet = (state.available and not state.key_cooldowns and state.affinity is None
+             and all(circuit == resilience.CLOSED for circuit in state.circuits.values()))
+    if quiet and settings.GATEWAY_ROUTING_STATE_CACHE_S > 0:
+        _quiet_states[route.id] = (time.monotonic(), state)
+    else:
+        _quiet_states.pop(route.id, None)
 
 
 def prepare_state(route: RouteEntry, session_id: str | None):

@@ -92,9 +92,18 @@ class RequestRecord:
         """A Redis call to send when the request is over (the attempt's success report)."""
         self.reports.append(call)
         if self.ended and self._finisher is None:
-            from .admission import finish
+            # Nothing to settle (the record ended without an admission): the report joins the
+            # next shared round trip, without a task of its own.
+            from llmgateway import runtime
 
-            self._finisher = _spawn(finish, None, self.reports, self.log, False, self.request_id)
+            from .admission import send_later
+
+            try:
+                send_later(runtime.current().redis, self.reports)
+                self._finisher = True
+            except RuntimeError:  # no running loop: the report is lost, nothing else is
+                log.warning("request %s ended outside an event loop; its routing report is dropped",
+                            self.request_id)
 
     def fail(self, error: GatewayError) -> None:
         self.end(error=error)

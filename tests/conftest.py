@@ -107,6 +107,8 @@ class Gateway:
             "GATEWAY_EXPOSE_ROUTING_HEADERS": "1",
             "GATEWAY_MAX_BODY_BYTES": str(1024 * 1024),
             "GATEWAY_STREAM_IDLE_TIMEOUT_S": "2",
+            # Cross-process tests watch state the moment another process changes it.
+            "GATEWAY_ROUTING_STATE_CACHE_S": "0",
             **env,
         }
         self.proc = None
