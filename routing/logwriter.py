@@ -87,7 +87,7 @@ class Writer:
 
     def _write_pending(self) -> bool:
         """Write what is pending; False if the database is unavailable (the rows are kept)."""
-        from django.db import DatabaseError, InterfaceError, OperationalError, connections
+        from django.db import InterfaceError, OperationalError, connections
 
         from .requestlog import BATCH_SIZE, write_rows
 

@@ -23,18 +23,18 @@ from llmgateway.errors import (
     GatewayError, InvalidRequest, ServiceUnavailable, UpstreamCredentialsRejected, UpstreamError,
     UpstreamStreamError, UpstreamTimeout, UpstreamUnavailable,
 )
+from providers import hub
 from providers.adapters import ADAPTERS
-from providers.upstream import Failure, classify_exception, classify_status
-from providers import hub, tokens
 from providers.adapters.base import Usage
+from providers.upstream import Failure, classify_exception, classify_status
 from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 from providers.wire.relays import ObservingRelay, TranslatingRelay
 from providers.wire.translate import custom_tool_names, translate_answer, translate_request
 
-from .endpoints import Endpoint
-from .record import RequestRecord, close_quietly
 from . import admission as admission_
 from .attempts import Plan, response_session, session_of
+from .endpoints import Endpoint
+from .record import RequestRecord, close_quietly
 from .resolve import find_route
 from .rules import apply_rules
 from .snapshot import ProviderKeyEntry, TargetEntry

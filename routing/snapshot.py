@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from keys.auth import KeyEntry, key_entry
+from keys.auth import key_entry
 from llmgateway.redis import async_client, sync_client, warn_unreachable
 
 log = logging.getLogger(__name__)

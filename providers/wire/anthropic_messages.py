@@ -5,9 +5,9 @@ import json
 import uuid
 
 from .. import hub
-from ..sse import EventSplitter, event_data, named_event
+from ..sse import EventSplitter, named_event
 from . import (
-    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments,
     require_bool, require_model, require_positive_int,
 )
 from .openai_chat import object_schema

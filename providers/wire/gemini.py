@@ -7,9 +7,9 @@ import json
 import uuid
 
 from .. import hub
-from ..sse import EventSplitter, data_event, event_data
+from ..sse import EventSplitter, data_event
 from . import (
-    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments, read_safely,
+    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments,
     require_positive_int,
 )
 from .openai_chat import object_schema

@@ -7,7 +7,7 @@ from .. import hub
 from ..adapters.base import Usage, as_int
 from ..sse import EventSplitter, data_event, event_data, split_events
 from . import (
-    EventReader, InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    EventReader, InvalidField, dumps, error_message, load_json, require_bool, require_model,
     require_positive_int,
 )
 

@@ -1,12 +1,11 @@
 """OpenAI Responses (/v1/responses) to and from the hub form."""
-import json
 import time
 import uuid
 
 from .. import hub
-from ..sse import EventSplitter, event_data
+from ..sse import EventSplitter
 from . import (
-    EventReader, InvalidField, dumps, error_message, load_json, read_safely, require_bool, require_model,
+    EventReader, InvalidField, dumps, error_message, load_json, require_bool, require_model,
     require_positive_int,
 )
 from .openai_chat import error_body, object_schema
