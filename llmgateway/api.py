@@ -13,7 +13,7 @@ from routing.proxy import error_json
 from routing.record import RequestRecord
 
 from . import runtime
-from .apihandler import TOO_LARGE, stopping
+from .apihandler import OVERLOADED, TOO_LARGE, stopping
 from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,14 @@ class VirtualKeyAuth:
 
     async def __call__(self, request):
         record = begin_record(request)
-        limit = request.scope.get(TOO_LARGE)
+        scope = request.scope
+        limit = scope.get(TOO_LARGE)
         if limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        if scope.get(OVERLOADED):
+            raise ServiceUnavailable("The gateway is at capacity; try again in a moment.", code="overloaded",
+                                     headers={"Retry-After": "1"},
+                                     log_message=f"more than {scope[OVERLOADED]} requests in flight")
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
                                      headers={"Retry-After": "1"})

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 TOO_LARGE = "gateway.body_too_large"
+OVERLOADED = "gateway.overloaded"
 
 # Set once the process starts a graceful stop (SIGTERM), from the reactor's shutdown
 # trigger; read by the handler and by stream relays on the event loop.
@@ -49,10 +50,14 @@ class BodyTooLarge(Exception):
 
 
 class ApiHandler(ASGIHandler):
-    def __init__(self, body_limit: int | None = None, urlconf: str | None = None):
+    def __init__(self, body_limit: int | None = None, urlconf: str | None = None, max_in_flight: int | None = None):
         super().__init__()
         self.body_limit = body_limit
         self.urlconf = urlconf  # the API's own URLs: resolved without trying the site's first
+        # Requests past this many in flight are answered at once with 503 (in the client's
+        # protocol, by the view layer): the process stays responsive, /healthz fast.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
@@ -87,6 +92,15 @@ class ApiHandler(ASGIHandler):
                 raise RequestAborted()
 
     async def handle(self, scope, receive, send):
+        self.in_flight += 1
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, scope, receive, send):
+        if self.max_in_flight is not None and self.in_flight > self.max_in_flight:
+            scope = {**scope, OVERLOADED: self.max_in_flight}
         try:
             body_file = await self.read_body(receive, size=self._declared_excess(scope))
         except RequestAborted:

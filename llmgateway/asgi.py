@@ -11,6 +11,7 @@ The API speaks no WebSocket: a WebSocket handshake on an API path (Codex tries o
 switches to HTTP at once instead of reconnecting five times with backoff (docs/clients.md).
 """
 import atexit
+import json
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
@@ -22,6 +23,43 @@ from llmgateway.apihandler import ApiHandler, settle_heap, watch_for_shutdown  #
 from routing.endpoints import canonical_path  # noqa: E402
 
 site_application = get_asgi_application()
+
+
+def cut_off_slow_bodies(timeout: float) -> None:
+    """Answer 408 (in the API's error format) and close a connection whose request body has
+    not fully arrived `timeout` seconds after its headers. Twisted hands a request to Daphne
+    only once the whole body is in, and resets its idle timer on every byte, so a client
+    trickling a byte every few seconds held a connection for ever."""
+    if not timeout:
+        return
+    from daphne.http_protocol import WebRequest
+
+    got_length, request_received = WebRequest.gotLength, WebRequest.requestReceived
+
+    def gotLength(self, length):
+        got_length(self, length)
+        from twisted.internet import reactor
+
+        self._gateway_body_deadline = reactor.callLater(timeout, _body_too_slow, self)
+
+    def requestReceived(self, *args):
+        deadline = getattr(self, "_gateway_body_deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        return request_received(self, *args)
+
+    def _body_too_slow(request):
+        transport = getattr(request.channel, "transport", None) if request.channel else None
+        if transport is None:
+            return
+        body = json.dumps({"error": {"message": f"The request body did not arrive within {timeout:g} seconds.",
+                                     "type": "invalid_request_error", "param": None,
+                                     "code": "request_timeout"}}).encode()
+        transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        transport.loseConnection()
+
+    WebRequest.gotLength, WebRequest.requestReceived = gotLength, requestReceived
 
 
 def allow_websocket_denial_responses():
@@ -60,7 +98,8 @@ async def refuse_websocket(receive, send):
 
 class Dispatcher:
     def __init__(self):
-        self.api = ApiHandler(body_limit=settings.GATEWAY_MAX_BODY_BYTES, urlconf="llmgateway.api_urls")
+        self.api = ApiHandler(body_limit=settings.GATEWAY_MAX_BODY_BYTES, urlconf="llmgateway.api_urls",
+                              max_in_flight=settings.GATEWAY_MAX_IN_FLIGHT or None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -75,6 +114,7 @@ class Dispatcher:
 
 
 allow_websocket_denial_responses()
+cut_off_slow_bodies(settings.GATEWAY_BODY_TIMEOUT_S)
 application = Dispatcher()
 watch_for_shutdown()
 atexit.register(runtime.close_at_exit)

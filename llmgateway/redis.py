@@ -28,13 +28,12 @@ def sync_client() -> redis.Redis:
 
 
 def new_async_client() -> aioredis.Redis:
-    # A blocking pool: under a burst, a request waits (up to the socket timeout) for one of
-    # the pool's connections instead of failing with "Too many connections", which the
-    # limits would take for an outage and serve uncounted.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=getattr(settings, "GATEWAY_REDIS_MAX_CONNECTIONS", 100),
-        timeout=_TIMEOUTS["socket_timeout"], **_TIMEOUTS)
-    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+    # A pool large enough for any burst: redis-py's default of 100 raised "Too many
+    # connections" under 1000 concurrent requests, which the limits took for an outage. (A
+    # blocking pool was tried: a request cancelled while it held a connection could leave
+    # the pool's waiters hanging.)
+    return aioredis.Redis.from_url(
+        settings.REDIS_URL, max_connections=getattr(settings, "GATEWAY_REDIS_MAX_CONNECTIONS", 10_000), **_TIMEOUTS)
 
 
 def async_client() -> aioredis.Redis:

@@ -184,6 +184,10 @@ GATEWAY_SLOW_CLIENT_TIMEOUT_S = env.float("GATEWAY_SLOW_CLIENT_TIMEOUT_S", defau
 GATEWAY_ROUTING_STATE_CACHE_S = env.float("GATEWAY_ROUTING_STATE_CACHE_S", default=0.1)
 # Success reports and budget settlements wait up to this long to share a Redis round trip.
 GATEWAY_REPORT_BATCH_S = env.float("GATEWAY_REPORT_BATCH_S", default=0.01)
+# A request body still arriving after this many seconds is cut off with a 408 (0: no limit).
+GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
+# Past this many API requests in flight a process answers 503 at once (0: no limit).
+GATEWAY_MAX_IN_FLIGHT = env.int("GATEWAY_MAX_IN_FLIGHT", default=1000)
 GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
@@ -199,7 +203,7 @@ GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", de
 WEB_CONCURRENCY = int(env("WEB_CONCURRENCY", default="") or 0) or os.cpu_count() or 1
 
 # Connections of each gateway process to Redis (requests beyond wait for one).
-GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=100)
+GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=10_000)
 
 # Rate limits and budgets (keys/limits.py). Redis unreachable: rate limits fail open, budgets
 # fail closed, unless these say otherwise.

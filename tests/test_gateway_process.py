@@ -276,3 +276,49 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(live, ga
         pass
     client.close()
     assert received < 12 * 1024 * 1024  # cut off, not the whole stream
+
+
+def test_past_its_limit_of_requests_in_flight_a_process_answers_503_at_once(live, gateway_factory, mock_upstream):
+    """In the client's protocol, with Retry-After, while /healthz stays quick."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gateway = gateway_factory(GATEWAY_MAX_IN_FLIGHT="3")
+    wait_for_model(gateway, "gpt-4o-mini")
+    slow = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 10, "chunk_delay": 0.3}}
+
+    def stream():
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=slow, headers=AUTH, timeout=20) as r:
+            return r.status_code, r.read()
+
+    with ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(stream) for _ in range(3)]
+        time.sleep(0.8)
+        refused = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=5)
+        refused_messages = httpx.post(gateway.url + "/v1/messages", timeout=5, headers={"x-api-key": FULL_KEY},
+                                      json={"model": "gpt-4o-mini", "max_tokens": 5,
+                                            "messages": [{"role": "user", "content": "hi"}]})
+        started = time.monotonic()
+        assert httpx.get(gateway.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.5
+        assert [f.result()[0] for f in busy] == [200, 200, 200]
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused_messages.status_code == 503 and refused_messages.json()["type"] == "error"
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=5).status_code == 200
+
+
+def test_a_body_that_trickles_in_is_cut_off(live, gateway_factory):
+    import socket
+
+    gateway = gateway_factory(GATEWAY_BODY_TIMEOUT_S="1")
+    wait_for_model(gateway, "gpt-4o-mini")
+    client = socket.create_connection(("127.0.0.1", gateway.port))
+    client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                   + f"Authorization: Bearer {FULL_KEY}\r\nContent-Length: 100\r\n\r\n".encode() + b'{"model":')
+    client.settimeout(5)
+    started = time.monotonic()
+    answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
+    assert 0.8 < time.monotonic() - started < 4
+    client.close()
