@@ -130,7 +130,7 @@ async def call_pipeline(body: dict, snapshot: Snapshot, key: KeyEntry, seen: dic
     from routing.proxy import Inbound, serve
     from routing.record import RequestRecord
 
-    runtime.current().keeper.current = snapshot
+    runtime.current().keeper.pin(snapshot)
     record = RequestRecord.begin("chat")
     record.key = key
     record.log.virtual_key_id = key.id

@@ -29,9 +29,8 @@ def sync_client() -> redis.Redis:
 
 def new_async_client() -> aioredis.Redis:
     # A pool large enough for any burst: redis-py's default of 100 raised "Too many
-    # connections" under 1000 concurrent requests, which the limits took for an outage. (A
-    # blocking pool was tried: a request cancelled while it held a connection could leave
-    # the pool's waiters hanging.)
+    # connections" under 1000 concurrent requests, which the limits took for an outage.
+    # (Rather than a blocking pool: a burst opens connections instead of queueing requests.)
     return aioredis.Redis.from_url(
         settings.REDIS_URL, max_connections=getattr(settings, "GATEWAY_REDIS_MAX_CONNECTIONS", 10_000), **_TIMEOUTS)
 

@@ -221,14 +221,21 @@ class SnapshotKeeper:
         self.current: Snapshot | None = None
         self._poller: asyncio.Task | None = None
         self._first_load: asyncio.Future | None = None
+        self._pinned = False
 
     async def get(self) -> Snapshot:
         snapshot = self.current
         if snapshot is None:
             snapshot = await self._load_first()
-        if self._poller is None:
+        if self._poller is None and not self._pinned:
             self._poller = asyncio.create_task(self._poll(), name="snapshot-poller")
         return snapshot
+
+    def pin(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` and never poll (a short-lived loop that brings its own snapshot, like
+        a health probe: a rebuild in a thread could outlive the loop and hold up its shutdown)."""
+        self.current = snapshot
+        self._pinned = True
 
     async def _load_first(self) -> Snapshot:
         # Concurrent first requests share one build. A failed build is not kept: the next
