@@ -1,5 +1,7 @@
 """The /v1 views, derived from the endpoint registry: parse, delegate to the pipeline, return.
 Mounted by llmgateway/api.py."""
+from datetime import datetime, timezone
+
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
@@ -85,6 +87,17 @@ def _model_object(route, model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": route.created, "owned_by": "llm-gateway"}
 
 
+def _anthropic_model_object(route, model_id: str) -> dict:
+    created = datetime.fromtimestamp(route.created, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": created}
+
+
+def _wants_anthropic(request) -> bool:
+    """Anthropic's SDKs and Claude Code always send anthropic-version: they get Anthropic's
+    list format (Claude Code's model discovery reads nothing else)."""
+    return "HTTP_ANTHROPIC_VERSION" in request.META
+
+
 def _answer(request, payload: dict) -> JsonResponse:
     record = request.gateway_record
     response = JsonResponse(payload)
@@ -95,14 +108,16 @@ def _answer(request, payload: dict) -> JsonResponse:
 
 @router.api_operation(["GET"], "/models")
 async def list_models(request):
-    """The models this key may use, aliases included, in OpenAI's list format."""
+    """The models this key may use, aliases included, in OpenAI's list format (Anthropic's
+    for Anthropic clients)."""
     key = request.auth
-    data = [
-        _model_object(route, name)
-        for route in request.auth_snapshot.routes if key.may_use(route.id)
-        for name in (route.name, *route.aliases)
-    ]
-    return _answer(request, {"object": "list", "data": data})
+    pairs = [(route, name) for route in request.auth_snapshot.routes if key.may_use(route.id)
+             for name in (route.name, *route.aliases)]
+    if _wants_anthropic(request):
+        data = [_anthropic_model_object(route, name) for route, name in pairs]
+        return _answer(request, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                 "last_id": data[-1]["id"] if data else None})
+    return _answer(request, {"object": "list", "data": [_model_object(route, name) for route, name in pairs]})
 
 
 @router.api_operation(["GET"], "/models/{path:model_id}")
@@ -112,4 +127,6 @@ async def retrieve_model(request, model_id: str):
     if route is None or not request.auth.may_use(route.id):
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
     request.gateway_record.log.route = route.name
+    if _wants_anthropic(request):
+        return _answer(request, _anthropic_model_object(route, model_id))
     return _answer(request, _model_object(route, model_id))

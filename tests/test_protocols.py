@@ -211,3 +211,13 @@ def test_stored_responses_and_compaction_need_an_upstream_that_speaks_responses(
     with pytest.raises(openai.BadRequestError) as caught:
         sdk["openai"].responses.create(model=names["openai"], input="hi", previous_response_id="resp_123")
     assert "previous_response_id" in str(caught.value.body)
+
+
+def test_anthropic_clients_list_models_in_anthropics_format(sdk, routes):
+    names, _ = routes
+    listed = sdk["anthropic"].models.list()
+    assert set(names.values()) <= {model.id for model in listed.data}
+    assert all(model.type == "model" and model.created_at for model in listed.data)
+    one = sdk["anthropic"].models.retrieve(names["gemini"])
+    assert one.id == names["gemini"] and one.display_name == names["gemini"]
+    assert sdk["openai"].models.retrieve(names["gemini"]).object == "model"  # OpenAI's for OpenAI clients
