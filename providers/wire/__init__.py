@@ -116,6 +116,20 @@ def read_safely(read, payload) -> list:
         return [_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read.")]
 
 
+def user_turn_runs(parts: list) -> list:
+    """A user turn of a format that puts tool results and new input together (Anthropic,
+    Gemini), as the hub keeps it: runs of TOOL and USER messages, in their order."""
+    hub = _hub()
+    runs: list = []
+    for part in parts:
+        role = hub.Role.TOOL if isinstance(part, hub.ToolResult) else hub.Role.USER
+        if runs and runs[-1].role == role:
+            runs[-1].parts.append(part)
+        else:
+            runs.append(hub.Message(role, [part]))
+    return runs or [hub.Message(hub.Role.USER, [])]
+
+
 class EventReader:
     """What every format's StreamReader does with arriving bytes: cut them into whole SSE
     events, decode each event's JSON, and read it into hub events with `read_event`; an

@@ -8,7 +8,7 @@ from .. import hub
 from ..sse import EventSplitter, named_event
 from . import (
     EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments,
-    require_bool, require_model, require_positive_int,
+    require_bool, require_model, require_positive_int, user_turn_runs,
 )
 from .openai_chat import object_schema
 from .seals import foreign, seal, sealed_thinking
@@ -222,14 +222,7 @@ def _read_message(message: dict, where: str, req: hub.Request) -> list[hub.Messa
         return [hub.Message(hub.Role.ASSISTANT, parts)]
     if message["role"] == "system":
         return [hub.Message(hub.Role.SYSTEM, parts)]
-    runs: list[hub.Message] = []
-    for part in parts:
-        role = hub.Role.TOOL if isinstance(part, hub.ToolResult) else hub.Role.USER
-        if runs and runs[-1].role == role:
-            runs[-1].parts.append(part)
-        else:
-            runs.append(hub.Message(role, [part]))
-    return runs or [hub.Message(hub.Role.USER, [])]
+    return user_turn_runs(parts)
 
 
 def write_request(req: hub.Request, model: str) -> dict:
