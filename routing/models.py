@@ -74,7 +74,10 @@ class PromptRule(models.Model):
 
     route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="prompt_rules", verbose_name=_("model (route)"))
     order = models.IntegerField(_("order"), default=0)
-    operation = models.CharField(_("operation"), max_length=20, choices=Operation.choices)
+    operation = models.CharField(
+        _("operation"), max_length=20, choices=Operation.choices,
+        help_text=_("Applied to chat-completions requests only, for now: /v1/messages and /v1/responses "
+                    "requests reach the upstream without these rules."))
     pattern = models.TextField(_("pattern"), blank=True, help_text=_("Regular expression, for replace and remove."))
     text = models.TextField(_("text"), blank=True)
     enabled = models.BooleanField(_("enabled"), default=True)

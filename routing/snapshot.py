@@ -19,6 +19,7 @@ from django.db import close_old_connections
 
 from keys.auth import key_entry
 from llmgateway.redis import async_client, sync_client, warn_unreachable
+from providers.adapters import ADAPTERS
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ def build_snapshot(version: str = "") -> Snapshot:
         providers[p.pk] = ProviderEntry(
             id=p.pk, name=p.name, type=p.type, base_url=p.base_url.rstrip("/"), timeout_s=p.timeout_s,
             weight=p.weight, extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
-            keys=tuple(keys), unusable=unusable, native_responses=p.native_responses,
+            keys=tuple(keys), unusable=unusable,
+            # Honoured only for provider types that can speak Responses at all.
+            native_responses=p.native_responses and getattr(ADAPTERS.get(p.type), "speaks_responses", False),
         )
     catalog = {(c.provider_id, c.model_id): (_price(c), c.context_window, c.max_output_tokens)
                for c in CatalogEntry.objects.all()}

@@ -276,3 +276,28 @@ def test_a_request_with_a_lone_surrogate_is_served_and_logged_sanitised(live, mo
     assert row.sanitized and "broken" in row.request_body
     after = post(live, {**CHAT, "model": "gpt-4o-mini"}, key=LOGGING_KEY)
     assert not wait_for_log(after.headers["x-request-id"]).sanitized  # logging goes on
+
+
+def test_prompt_rules_rewrite_chat_requests_and_leave_other_formats_as_sent(live, mock, db_access):
+    """Rules understand chat messages only for now (the admin says so): an Anthropic request
+    must not get a chat-shaped system message pushed into its messages."""
+    from routing.models import PromptRule
+
+    route = make_route(make_provider(mock.base_url))
+    PromptRule.objects.create(route=route, operation="system_prepend", text="RULE-TEXT")
+    model = ready(live, route)
+    assert post(live, {**CHAT, "model": model}).status_code == 200
+    assert "RULE-TEXT" in json.dumps(mock.requests[-1]["json"])
+    answered = httpx.post(live.url + "/v1/messages", timeout=10, headers={"x-api-key": FULL_KEY},
+                          json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert answered.status_code == 200
+    assert "RULE-TEXT" not in json.dumps(mock.requests[-1]["json"])
+
+
+def test_native_responses_is_ignored_for_a_provider_type_that_cannot_speak_it(live, mock, db_access):
+    anthropic = make_provider(mock.base_url, type="anthropic", native_responses=True)
+    model = ready(live, make_route(anthropic))
+    answered = httpx.post(live.url + "/v1/responses", timeout=10, headers={"Authorization": f"Bearer {FULL_KEY}"},
+                          json={"model": model, "input": "hi"})
+    assert answered.status_code == 200 and answered.json()["object"] == "response"
+    assert mock.requests[-1]["path"] == "/v1/messages"  # translated, not sent as a Responses request

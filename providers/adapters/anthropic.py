@@ -11,6 +11,7 @@ class AnthropicAdapter:
     wire = "anthropic_messages"
     supports_embeddings = False
     accepts_stream_options = False
+    speaks_responses = False
     # Headers of the client's request passed on only to this provider type.
     forwards_headers = ("anthropic-beta",)
 

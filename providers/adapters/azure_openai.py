@@ -15,6 +15,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     wire = "openai_chat"
     supports_embeddings = True
     accepts_stream_options = True
+    speaks_responses = False  # deployment URLs: Responses requests are translated to chat
 
     def url(self, base_url: str, operation: str, model: str = "", stream: bool = False) -> str:
         base, _, query = base_url.partition("?")

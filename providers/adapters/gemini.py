@@ -12,6 +12,7 @@ class GeminiAdapter:
     wire = "gemini"
     supports_embeddings = False
     accepts_stream_options = False
+    speaks_responses = False
     forwards_headers = ()
 
     def url(self, base_url: str, operation: str, model: str = "", stream: bool = False) -> str:

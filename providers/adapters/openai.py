@@ -17,6 +17,8 @@ class OpenAIAdapter:
     supports_embeddings = True
     # Streams carry usage only when asked; the gateway always asks, for honest accounting.
     accepts_stream_options = True
+    # May serve /responses natively too (Provider.native_responses says whether it does).
+    speaks_responses = True
 
     forwards_headers = ()  # headers of the client's request passed on to this provider type
 
