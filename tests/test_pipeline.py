@@ -301,3 +301,41 @@ def test_native_responses_is_ignored_for_a_provider_type_that_cannot_speak_it(li
                           json={"model": model, "input": "hi"})
     assert answered.status_code == 200 and answered.json()["object"] == "response"
     assert mock.requests[-1]["path"] == "/v1/messages"  # translated, not sent as a Responses request
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_the_upstream_client_keeps_no_cookie_from_one_answer_for_the_next_request(transport, settings):
+    """One client serves every tenant: a cookie an upstream set must not ride on anybody's next request."""
+    import asyncio
+
+    from aiohttp import web
+
+    from providers.upstream import make_client
+
+    settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = True
+    seen = []
+
+    async def handler(request):
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"ok": True})
+        response.set_cookie("session", "tenant-a-secret")
+        return response
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = make_client(transport)
+        try:
+            for _ in range(2):
+                response = await client.get(f"http://127.0.0.1:{port}/")
+                assert response.status_code == 200
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == [None, None]
