@@ -69,9 +69,10 @@ class PromptRuleForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("operation") in ("replace", "remove") and not cleaned.get("pattern") \
-                and "pattern" not in self.errors:
-            self.add_error("pattern", _("Required for this operation."))
+        needs = validators.prompt_rule_errors(cleaned.get("operation"), cleaned.get("pattern"), cleaned.get("text"))
+        for field, message in needs.items():
+            if field not in self.errors:
+                self.add_error(field, message)
         return cleaned
 
 
