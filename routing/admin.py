@@ -160,8 +160,9 @@ def rules_from_form(data) -> tuple[tuple[RuleEntry, ...], list[str]]:
             continue  # an empty added row
         form = RuleRowForm(row)
         if not form.is_valid():
-            errors.extend(f"{gettext('Rule')} {position}: {name}: {' '.join(messages_)}"
-                          for name, messages_ in form.errors.items())
+            errors.extend(gettext("Rule %(position)s, %(field)s: %(message)s") % {
+                "position": position, "field": name, "message": " ".join(problems)}
+                for name, problems in form.errors.items())
             continue
         rule = form.cleaned_data
         if rule["enabled"]:
