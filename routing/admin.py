@@ -206,7 +206,8 @@ class RouteAdmin(ModelAdmin):
         extra_context = {**(extra_context or {}), "preview_protocols": list(PROTOCOLS),
                          "relay_presets": [(op, PromptRule.Operation(op).label, sentence)
                                            for op, sentence in RELAY_PRESETS.items()],
-                         "preview_logs": self._logged_requests(object_id)}
+                         "preview_logs": self._logged_requests(object_id)
+                         if request.user.has_perm("routing.view_requestlog") else []}
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def _logged_requests(self, object_id):
@@ -242,6 +243,8 @@ class RouteAdmin(ModelAdmin):
             else:
                 body, error = _json_object(text)
         elif data.get("preview_log", "").isdigit():
+            if not request.user.has_perm("routing.view_requestlog"):
+                raise PermissionDenied
             log = RequestLog.objects.filter(pk=int(data["preview_log"]), endpoint__in=LOGGED_PROTOCOLS).first()
             if log is None or not log.request_body:
                 error = gettext("That request's body was not logged.")

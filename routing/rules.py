@@ -154,6 +154,10 @@ class _Prompt:
             self.commit()
 
     def first_turn(self) -> bool:
+        # A Responses request that continues a stored response or conversation is a later turn,
+        # though its input has no assistant item.
+        if self.body.get("previous_response_id") or self.body.get("conversation"):
+            return False
         return not any(self.view.role(e) == "assistant" for e in self.entries)
 
     def map_all_text(self, fn: Callable[[str], str]) -> None:

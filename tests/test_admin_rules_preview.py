@@ -140,3 +140,18 @@ def test_the_preview_needs_a_logged_in_operator(client):
     response = client.post(reverse("admin:routing_route_preview"), form_data())
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert Route.objects.count() == 0
+
+
+def test_only_operators_who_may_read_the_request_log_preview_a_logged_request(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    editor = django_user_model.objects.create_user("editor", password="pw-for-tests-only", is_staff=True)
+    editor.user_permissions.set(Permission.objects.filter(codename__in=["view_route", "change_route"]))
+    client.force_login(editor)
+    route = make_route(name="private")
+    log = RequestLog.objects.create(request_id="req-2", created_at="2026-12-01T10:00:00Z", endpoint="chat",
+                                    route="private", status=200, request_body=json.dumps(CHAT))
+    assert f'<option value="{log.pk}">' not in client.get(
+        reverse("admin:routing_route_change", args=[route.pk])).content.decode()
+    assert preview(client, form_data(body="", preview_log=str(log.pk))).status_code == 403
+    assert preview(client, form_data({"operation": "strip_system"})).status_code == 200

@@ -159,6 +159,8 @@ def test_inject_once_changes_only_the_first_turn_of_a_conversation():
     assert apply(BODY, "openai_chat", rule("inject_once", "Context.")) == BODY
     assert apply(CODEX, "openai_responses", rule("inject_once", "Context."))["input"][1]["content"][0]["text"] \
         == "Context.\n\nfix it"
+    follow_up = {"model": "gpt", "previous_response_id": "resp_1", "input": "and now?"}
+    assert apply(follow_up, "openai_responses", rule("inject_once", "Context.")) == follow_up
 
 
 def test_patterns_reach_the_system_prompt_and_every_message_of_each_format():
