@@ -75,7 +75,7 @@ VIEWS = {"openai_chat": ChatView(), "anthropic_messages": MessagesView(), "opena
 
 def apply_rules(body: dict, rules: tuple[RuleEntry, ...], wire: str = "openai_chat",
                 today: datetime.date | None = None) -> dict:
-    """Return `body` with `rules` applied (the input is not modified; unchanged when no rule applies).
+    """Return `body` with `rules` applied (the input is never modified: what changes is copied).
 
     `wire` is the client's wire format; a body of another shape (embeddings, completions)
     passes unchanged. `today` fills `{{date}}` in templates.
@@ -85,7 +85,9 @@ def apply_rules(body: dict, rules: tuple[RuleEntry, ...], wire: str = "openai_ch
         return body
     prompt = _Prompt(view, body, today or datetime.date.today())
     for rule in rules:
-        OPERATIONS[rule.operation](prompt, rule)
+        operation = OPERATIONS.get(rule.operation)
+        if operation is not None:  # a rule stored by a newer version is skipped, not fatal
+            operation(prompt, rule)
     return prompt.body
 
 
