@@ -121,8 +121,9 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
     snapshot = await runtime.current().snapshot()
     route = find_route(snapshot, model, inbound.key)
     record.log.route = route.name
-    if endpoint.wire == "openai_chat":  # rules rewrite chat messages; other formats pass unchanged for now
-        body = record.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
+    # In the client's format, before any translation (bodies without a prompt pass unchanged);
+    # logged as it goes upstream.
+    body = record.log.body = apply_rules(body, route.rules, endpoint.wire)
     stream = endpoint.streams and body.get("stream") is True
     record.log.stream = stream
     if not route.targets:

@@ -278,9 +278,9 @@ def test_a_request_with_a_lone_surrogate_is_served_and_logged_sanitised(live, mo
     assert not wait_for_log(after.headers["x-request-id"]).sanitized  # logging goes on
 
 
-def test_prompt_rules_rewrite_chat_requests_and_leave_other_formats_as_sent(live, mock, db_access):
-    """Rules understand chat messages only for now (the admin says so): an Anthropic request
-    must not get a chat-shaped system message pushed into its messages."""
+def test_prompt_rules_rewrite_each_format_in_its_own_shape(live, mock, db_access):
+    """An Anthropic request gets the rule in its system prompt, never a chat-shaped system message
+    pushed into its messages (the rules are applied in the client's format, then translated)."""
     from routing.models import PromptRule
 
     route = make_route(make_provider(mock.base_url))
@@ -291,7 +291,8 @@ def test_prompt_rules_rewrite_chat_requests_and_leave_other_formats_as_sent(live
     answered = httpx.post(live.url + "/v1/messages", timeout=10, headers={"x-api-key": FULL_KEY},
                           json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     assert answered.status_code == 200
-    assert "RULE-TEXT" not in json.dumps(mock.requests[-1]["json"])
+    assert mock.requests[-1]["json"]["messages"] == [{"role": "system", "content": "RULE-TEXT"},
+                                                     {"role": "user", "content": "hi"}]
 
 
 def test_native_responses_is_ignored_for_a_provider_type_that_cannot_speak_it(live, mock, db_access):
