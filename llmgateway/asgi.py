@@ -6,9 +6,11 @@ uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status
 gets Django's full stack. Daphne serves this application as it is: every route here is
 HTTP, so Channels' protocol router would only add a layer to every request.
 
-The API speaks no WebSocket: a WebSocket handshake on an API path (Codex tries one on
-/v1/responses first) is answered 426 Upgrade Required, the one answer after which Codex
-switches to HTTP at once instead of reconnecting five times with backoff (docs/clients.md).
+WebSockets: /v1/responses speaks the Responses API over a WebSocket (Codex CLI's preferred
+transport), served by routing/websocket.py through the same pipeline as HTTP. It is routed
+here, by path, rather than through Channels' ProtocolTypeRouter, for the same reason as above.
+A handshake on any other API path is answered 426 Upgrade Required, the one answer after
+which Codex switches to HTTP at once instead of reconnecting five times (docs/clients.md).
 """
 import atexit
 import json
@@ -21,6 +23,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from llmgateway import runtime  # noqa: E402
 from llmgateway.apihandler import ApiHandler, settle_heap, watch_for_shutdown  # noqa: E402
 from routing.endpoints import canonical_path  # noqa: E402
+from routing.websocket import serve_responses_socket  # noqa: E402
 
 site_application = get_asgi_application()
 
@@ -108,8 +111,12 @@ class Dispatcher:
                 if path != scope["path"]:
                     scope = {**scope, "path": path, "raw_path": path.encode()}
                 return await self.api.handle(scope, receive, send)
-        elif scope["type"] == "websocket" and canonical_path(scope["path"]) is not None:
-            return await refuse_websocket(receive, send)
+        elif scope["type"] == "websocket":
+            path = canonical_path(scope["path"])
+            if path == "/v1/responses":
+                return await serve_responses_socket(scope, receive, send)
+            if path is not None:
+                return await refuse_websocket(receive, send)
         return await site_application(scope, receive, send)
 
 
