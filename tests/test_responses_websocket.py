@@ -105,14 +105,25 @@ def test_a_function_call_round_trip_chained_by_previous_response_id(live, route_
 def test_an_upstream_error_is_an_error_frame_and_the_socket_stays_open(live, route_to):
     model, key, secret = route_to()
     with open_socket(live, secret) as socket:
-        failed = one_turn(socket, make_create(model, 'x <mock>{"status": 429, "message": "slow down"}</mock>'))
+        failed = one_turn(socket, make_create(model, 'x <mock>{"status": 400, "message": "bad things"}</mock>'))
         after = one_turn(socket, make_create(model, "still there?"))
 
-    assert failed == [{"type": "error", "status": 429, "error": failed[0]["error"]}]
-    assert "slow down" in failed[0]["error"]["message"]
-    assert output_text(after) == "Hello from mock: still there?"
+    assert failed == [{"type": "error", "status": 400, "error": failed[0]["error"]}]
+    assert "bad things" in failed[0]["error"]["message"]
+    assert output_text(after) == "Hello from mock: still there?", after
     rows = websocket_rows(key, 2)
-    assert [r.status for r in rows] == [429, 200]
+    assert [r.status for r in rows] == [400, 200]
+
+
+def test_an_upstream_failure_mid_stream_ends_that_response_with_a_failure_event(live, route_to):
+    model, key, secret = route_to()
+    with open_socket(live, secret) as socket:
+        cut = one_turn(socket, make_create(model, 'one two three four <mock>{"error_after": 2}</mock>'))
+
+    assert cut[0]["type"] == "response.created" and output_text(cut)
+    assert cut[-1]["type"] in ("response.failed", "error"), cut[-1]
+    (row,) = websocket_rows(key, 1)
+    assert row.status >= 500 and row.error_kind
 
 
 def test_a_bad_frame_and_an_unknown_model_get_error_frames_in_the_responses_shape(live, route_to):
