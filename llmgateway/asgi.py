@@ -66,10 +66,11 @@ def cut_off_slow_bodies(timeout: float) -> None:
 
 
 def allow_websocket_denial_responses():
-    """Let Daphne refuse a WebSocket handshake with any status, through the ASGI WebSocket
-    Denial Response extension (websocket.http.response.start). Daphne 4 can refuse only with
-    403 (websocket.close before accept) or 500 (an exception). autobahn sends the status line
-    alone: the extension's headers and body are dropped."""
+    """Let Daphne refuse a WebSocket handshake with any status, headers and body, through the
+    ASGI WebSocket Denial Response extension (websocket.http.response.start, then .body).
+    Daphne 4 can refuse only with 403 (websocket.close before accept) or 500 (an exception),
+    and autobahn, which writes the refusal, sends a status line and no body: the whole answer
+    is written here instead, when its body is complete."""
     from http import HTTPStatus
 
     from autobahn.websocket.types import ConnectionDeny
@@ -82,12 +83,31 @@ def allow_websocket_denial_responses():
     def handle_reply_with_denials(self, message):
         kind = message.get("type")
         if kind == "websocket.http.response.start" and hasattr(self, "handshake_deferred"):
-            status = int(message["status"])
-            self.handshake_deferred.errback(ConnectionDeny(code=status, reason=HTTPStatus(status).phrase))
-            del self.handshake_deferred
-            self.server.protocol_disconnected(self)
-        elif kind != "websocket.http.response.body":  # the status line has been sent already
+            self._gateway_denial = (int(message["status"]), list(message.get("headers") or ()), [])
+        elif kind == "websocket.http.response.body" and getattr(self, "_gateway_denial", None):
+            status, headers, body = self._gateway_denial
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                self._gateway_denial = None
+                deny(self, status, headers, b"".join(body))
+        elif kind != "websocket.http.response.body":
             handle_reply(self, message)
+
+    def deny(protocol, status, headers, body):
+        phrase = HTTPStatus(status).phrase
+
+        def send_denial(code, reason, response_headers=None):
+            # autobahn's failHandshake calls this, then closes the connection (after the write).
+            head = [f"HTTP/1.1 {status} {phrase}".encode(), b"Connection: close",
+                    b"Content-Length: " + str(len(body)).encode()]
+            head += [bytes(name) + b": " + bytes(value) for name, value in headers
+                     if bytes(name).lower() not in (b"content-length", b"connection")]
+            protocol.sendData(b"\r\n".join(head) + b"\r\n\r\n" + body)
+
+        protocol.sendHttpErrorResponse = send_denial
+        protocol.handshake_deferred.errback(ConnectionDeny(code=status, reason=phrase))
+        del protocol.handshake_deferred
+        protocol.server.protocol_disconnected(protocol)
 
     handle_reply_with_denials.denies_with_status = True
     WebSocketProtocol.handle_reply = handle_reply_with_denials
@@ -95,8 +115,9 @@ def allow_websocket_denial_responses():
 
 async def refuse_websocket(receive, send):
     await receive()  # websocket.connect
-    await send({"type": "websocket.http.response.start", "status": 426, "headers": []})
-    await send({"type": "websocket.http.response.body", "body": b"This API speaks HTTP only.\n"})
+    await send({"type": "websocket.http.response.start", "status": 426,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "websocket.http.response.body", "body": b"This API path speaks HTTP only (WebSockets: /v1/responses).\n"})
 
 
 class Dispatcher:

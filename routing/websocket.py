@@ -1,8 +1,8 @@
 """OpenAI Responses over WebSocket on /v1/responses (Codex CLI's preferred transport).
 
 A plain ASGI WebSocket application, routed by llmgateway/asgi.py. The handshake carries the
-virtual key (Authorization: Bearer); an unknown, disabled or expired key is refused with
-401 before the socket opens. Each client frame `{"type": "response.create", ...}` holds a
+virtual key (Authorization: Bearer); an unknown, disabled or expired key is refused before
+the socket opens, with the auth error as the body (see handshake_status). Each client frame `{"type": "response.create", ...}` holds a
 Responses request body: it goes through the same pipeline as a streamed POST /v1/responses
 (proxy.serve, with its own request record and log row), and every SSE event of the answer
 goes back as one text frame holding the event's JSON data. An error is one frame
@@ -62,6 +62,14 @@ def error_frame_of(outcome: proxy.Outcome) -> dict:
         error = {"type": "server_error", "code": None, "message": "The gateway hit an internal error.",
                  "param": None}
     return {"type": "error", "status": outcome.status, "error": error}
+
+
+def handshake_status(err: GatewayError) -> int:
+    """The status a refused handshake gets. A key that is not good is refused with 400 (the
+    body says 401's invalid_api_key): Codex 0.171 reports a 400 at once, with the body, but
+    reconnects five times with backoff (~13 s) on a 401 before saying anything. A temporary
+    refusal (503) stays one: Codex is right to try again."""
+    return 400 if err.status == 401 else err.status
 
 
 class Conversation:
@@ -152,15 +160,18 @@ class ResponsesSocket:
                 await frames.put(text)
 
     async def admit(self) -> bool:
-        """Authenticate the handshake; refuse it (401, before the socket opens) if the key is not good."""
+        """Authenticate the handshake; refuse it (before the socket opens) if the key is not good."""
         try:
             self.key = await self.authenticate()
             return True
         except GatewayError as err:
             record = RequestRecord.begin(LOG_ENDPOINT, self.client_ip)
             record.fail(err)
-            await self.send({"type": "websocket.http.response.start", "status": err.status, "headers": []})
-            await self.send({"type": "websocket.http.response.body", "body": err.message.encode()})
+            body = json.dumps({"error": error_event(err)["error"]}).encode()
+            await self.send({"type": "websocket.http.response.start", "status": handshake_status(err),
+                             "headers": [(b"content-type", b"application/json"),
+                                         (b"x-request-id", record.request_id.encode())]})
+            await self.send({"type": "websocket.http.response.body", "body": body})
             return False
 
     async def authenticate(self):

@@ -150,3 +150,20 @@ def wait_for_rows(query, count, timeout=10):
             return rows
         time.sleep(0.05)
     return list(query())
+
+
+@needs_codex
+def test_codex_with_a_wrong_key_is_told_at_once_over_the_websocket(live, mock_upstream, route_to, workspace,
+                                                                  tmp_path):
+    model, _ = route_to("chat")
+    work, _ = workspace
+
+    started = time.monotonic()
+    run = run_codex(gateway_url=live.url, key="sk-gw-wrong-key-0000", model=model, prompt="cat note.txt",
+                    cwd=work, home=tmp_path / "home", websockets=True)
+    took = time.monotonic() - started
+
+    # Codex gives up at once on a refused handshake whose status is 400, and shows its body.
+    assert run.returncode != 0 and took < 10, (run.returncode, took, run.stderr[-2000:])
+    assert "Incorrect API key provided." in run.stderr and "Reconnecting" not in run.stderr, run.stderr[-2000:]
+    assert not upstream_requests(mock_upstream, "chat")

@@ -139,13 +139,16 @@ def test_a_bad_frame_and_an_unknown_model_get_error_frames_in_the_responses_shap
     assert output_text(good) == "Hello from mock: ok"
 
 
-def test_a_bad_key_is_refused_at_the_handshake_with_401(live, db_access):
+def test_a_bad_key_is_refused_at_the_handshake_with_the_auth_error(live, db_access):
     from routing.models import RequestLog
 
     before = RequestLog.objects.filter(endpoint="responses_websocket", status=401).count()
     with pytest.raises(InvalidStatus) as refused:
         open_socket(live, "sk-gw-not-a-real-key")
-    assert refused.value.response.status_code == 401
+    # 400, not 401: the one refusal Codex reports at once (routing.websocket.handshake_status).
+    assert refused.value.response.status_code == 400
+    error = json.loads(refused.value.response.body)["error"]
+    assert error["code"] == "invalid_api_key" and error["message"] == "Incorrect API key provided."
     import time
 
     deadline = time.monotonic() + 10
@@ -198,3 +201,4 @@ def test_other_api_paths_still_refuse_websockets_with_426(live, route_to):
         connect(live.url.replace("http://", "ws://") + "/v1/chat/completions", open_timeout=5,
                 additional_headers={"Authorization": f"Bearer {secret}"})
     assert refused.value.response.status_code == 426
+    assert b"HTTP only" in refused.value.response.body
