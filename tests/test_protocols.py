@@ -235,14 +235,16 @@ THINKS = {"reasoning": True, "require_signature": True}
 def reasoning_routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
     root = mock_upstream.base_url.rsplit("/v1", 1)[0]
     base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url, "gemini": root + "/v1beta",
-                 "openai-lenient": mock_upstream.base_url, "anthropic-lenient": mock_upstream.base_url}
+                 "responses": mock_upstream.base_url, "openai-lenient": mock_upstream.base_url,
+                 "anthropic-lenient": mock_upstream.base_url}
     with django_db_blocker.unblock():
         names, routes = {}, []
         for kind, url in base_urls.items():
             # *-lenient: a reasoning upstream that accepts a turn without its earlier reasoning
             lenient = kind.endswith("-lenient")
-            provider = make_provider(url, type=kind.removesuffix("-lenient"),
-                                     fault={"reasoning": True} if lenient else THINKS)
+            kind_fields = {"type": "openai", "native_responses": True} if kind == "responses" else \
+                {"type": kind.removesuffix("-lenient")}
+            provider = make_provider(url, fault={"reasoning": True} if lenient else THINKS, **kind_fields)
             routes.append(make_route((provider, "mock-reasoner"), max_attempts=1))
             names[kind] = routes[-1].name
         _, secret = make_key(routes=routes)
@@ -295,6 +297,8 @@ def replayed_reasoning(upstream: str, body: dict):
     Gemini's thoughtSignature on the function call, Anthropic's signed thinking block."""
     if upstream == "openai":
         return [m.get("reasoning_content") for m in body["messages"] if m["role"] == "assistant"]
+    if upstream == "responses":
+        return [i.get("encrypted_content") for i in body["input"] if i.get("type") == "reasoning"]
     if upstream == "gemini":
         return [p.get("thoughtSignature") for c in body["contents"] if c.get("role") == "model"
                 for p in c["parts"] if p.get("thoughtSignature")]
@@ -336,7 +340,7 @@ def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, r
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("upstream", REASONING_UPSTREAMS)
+@pytest.mark.parametrize("upstream", REASONING_UPSTREAMS + ("responses",))
 def test_a_responses_client_keeps_reasoning_items_across_a_tool_turn(reasoning_sdk, reasoning_routes, mock_upstream,
                                                                      upstream, stream):
     model = reasoning_routes[0][upstream]
@@ -355,7 +359,11 @@ def test_a_responses_client_keeps_reasoning_items_across_a_tool_turn(reasoning_s
     replayed = replayed_reasoning(upstream, last_upstream_body(mock_upstream))
     assert replayed
     sealed = [r.encrypted_content for r in reasoning if r.encrypted_content]
-    if upstream == "gemini":  # encrypted_content carried the signature: back byte for byte
+    if upstream == "openai":
+        assert replayed == ["\n\n".join(part.text for part in reasoning[0].summary)]
+    elif upstream == "responses":  # Responses in, Responses out: encrypted_content byte for byte
+        assert sealed and replayed == sealed
+    elif upstream == "gemini":  # encrypted_content carried the signature: back byte for byte
         assert [s.removeprefix("gemini:") for s in sealed] == replayed
     elif upstream == "anthropic":
         assert [s.removeprefix("anthropic_messages:") for s in sealed] == [sig for _, sig in replayed]
