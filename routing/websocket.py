@@ -133,7 +133,14 @@ class ResponsesSocket:
                     return
                 answering = asyncio.create_task(self.answer(text))
                 # A client that leaves mid-answer cancels it (and so its upstream request).
-                await asyncio.wait([answering, reader], return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await asyncio.wait([answering, reader], return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    # The server is stopping: the answer in flight gets the grace period to finish.
+                    if stopping.is_set():
+                        await asyncio.wait([answering], timeout=settings.GATEWAY_STOP_GRACE_S)
+                    answering.cancel()
+                    raise
                 if not answering.done():
                     answering.cancel()
                     try:

@@ -202,3 +202,23 @@ def test_other_api_paths_still_refuse_websockets_with_426(live, route_to):
                 additional_headers={"Authorization": f"Bearer {secret}"})
     assert refused.value.response.status_code == 426
     assert b"HTTP only" in refused.value.response.body
+
+
+def test_a_client_that_closes_the_socket_mid_answer_cancels_the_upstream_request(live, route_to, mock_upstream,
+                                                                                 db_access):
+    import time
+
+    model, key, secret = route_to(fault={"chunk_delay": 0.3, "chunks": 20})
+    started = time.monotonic()
+    with open_socket(live, secret) as socket:
+        socket.send(json.dumps(make_create(model, "a long answer please")))
+        while json.loads(socket.recv(timeout=10))["type"] != "response.output_text.delta":
+            pass
+    ended = None
+    while ended is None and time.monotonic() < started + 5:
+        ended = next((e for e in mock_upstream.events if e["type"] == "stream_end" and e["t"] > started
+                      and e.get("client_disconnected")), None)
+        time.sleep(0.05)
+    assert ended is not None, "the upstream response was left open after the client left"
+    (row,) = websocket_rows(key, 1)
+    assert (row.status, row.error_kind) == (499, "client_disconnected")
