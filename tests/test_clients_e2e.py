@@ -121,10 +121,12 @@ def test_codex_runs_a_shell_command_through_responses(live, mock_upstream, route
 
 
 @needs_codex
-def test_codex_runs_a_shell_command_over_a_websocket(live, mock_upstream, route_to, workspace, tmp_path, db_access):
+@pytest.mark.parametrize("upstream", ["chat", "responses"])
+def test_codex_runs_a_shell_command_over_a_websocket(live, mock_upstream, route_to, upstream, workspace, tmp_path,
+                                                     db_access):
     from routing.models import RequestLog
 
-    model, secret = route_to("chat")
+    model, secret = route_to(upstream)
     work, token = workspace
 
     run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
@@ -133,7 +135,8 @@ def test_codex_runs_a_shell_command_over_a_websocket(live, mock_upstream, route_
     assert token in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
     # Codex stayed on its WebSocket: no fallback to HTTP, no reconnects.
     assert "falling back to HTTP" not in run.stderr and "Reconnecting" not in run.stderr, run.stderr[-2000:]
-    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, "chat", token, secret)
+    # Each turn reached the upstream whole: previous_response_id was expanded by the gateway.
+    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, upstream, token, secret)
     rows = wait_for_rows(lambda: RequestLog.objects.filter(model_requested=model, endpoint="responses_websocket"), 2)
     # Codex's first frame is a prewarm (generate: false) the gateway answers itself; then
     # one row per turn, each a request of its own.
