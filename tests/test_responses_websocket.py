@@ -222,3 +222,21 @@ def test_a_client_that_closes_the_socket_mid_answer_cancels_the_upstream_request
     assert ended is not None, "the upstream response was left open after the client left"
     (row,) = websocket_rows(key, 1)
     assert (row.status, row.error_kind) == (499, "client_disconnected")
+
+
+def test_a_conversation_expands_only_the_id_of_its_last_response():
+    from routing.websocket import Conversation
+
+    conversation = Conversation()
+    first = {"model": "m", "input": "hi"}
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    conversation.remember(first, {"id": "resp_1", "output": [call]})
+    result = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+
+    expanded = conversation.expand({"model": "m", "previous_response_id": "resp_1", "input": [result]})
+    other = conversation.expand({"model": "m", "previous_response_id": "resp_0", "input": [result]})
+
+    assert expanded == {"model": "m", "input": [{"role": "user", "content": "hi"}, call, result]}
+    assert other["previous_response_id"] == "resp_0" and other["input"] == [result]  # not ours: as sent
+    conversation.remember(expanded, {"id": "resp_2", "output": []})
+    assert conversation.expand({"previous_response_id": "resp_2"})["input"] == expanded["input"]
