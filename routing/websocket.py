@@ -148,7 +148,13 @@ class ResponsesSocket:
                     except asyncio.CancelledError:
                         pass
                     return
-                if answering.result() is False:  # the key stopped being valid: close
+                try:
+                    keep_open = answering.result()
+                except Exception:  # its record is ended (answer's finally); the socket cannot go on
+                    log.exception("unexpected error answering on a WebSocket")
+                    await self.send({"type": "websocket.close", "code": 1011})
+                    return
+                if not keep_open:  # the key stopped being valid
                     await self.send({"type": "websocket.close", "code": 1008})
                     return
         finally:
