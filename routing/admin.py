@@ -215,8 +215,9 @@ class RequestLogAdmin(ModelAdmin):
         if not lines:
             return ""
         label = ngettext("%(count)d field dropped", "%(count)d fields dropped", len(lines)) % {"count": len(lines)}
-        return format_html('<span class="diagnostics-marker" title="{}">⚠ {}</span>',
-                           ", ".join(field for field, _reason in lines), label)
+        # Compact (the list must fit a laptop screen): the sign and the count; the fields on hover.
+        return format_html('<span class="diagnostics-marker" title="{}: {}">⚠ {}</span>',
+                           label, ", ".join(field for field, _reason in lines), len(lines))
 
     @admin.display(description=_("dropped fields"))
     def dropped_fields(self, obj):
