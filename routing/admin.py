@@ -13,10 +13,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import escape, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.contrib.filters.admin import RangeDateTimeFilter
@@ -332,13 +333,43 @@ class PromptRuleAdmin(ModelAdmin):
         return obj.text if len(obj.text) <= 60 else obj.text[:60] + "…"
 
 
+class DroppedFieldsFilter(admin.SimpleListFilter):
+    """Requests whose translation dropped something (the log's diagnostics)."""
+
+    title = _("dropped fields")
+    parameter_name = "dropped"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("Some fields dropped")), ("no", _("Nothing dropped"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(diagnostics="")
+        if self.value() == "no":
+            return queryset.filter(diagnostics="")
+        return queryset
+
+
+def diagnostic_lines(diagnostics: str) -> list[tuple[str, str]]:
+    """(field, reason) of each line of a log row's diagnostics ("field: reason")."""
+    lines = []
+    for line in diagnostics.splitlines():
+        if line.strip():
+            field, _sep, reason = line.partition(": ")
+            lines.append((field, reason))
+    return lines
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(ModelAdmin):
     # Few columns: the list must fit a laptop screen; the rest is on each entry's page.
-    list_display = ["created_at", "model_requested", "provider", "status", "latency_ms", "tokens", "cost_usd",
-                    "key_name"]
-    list_filter = ["status", "stream", "tokens_estimated", "error_kind", "endpoint", "provider", "route",
-                   ("created_at", RangeDateTimeFilter)]
+    list_display = ["created_at", "model_requested", "provider", "status", "dropped", "latency_ms", "tokens",
+                    "cost_usd", "key_name"]
+    list_filter = ["status", "stream", "tokens_estimated", DroppedFieldsFilter, "error_kind", "endpoint", "provider",
+                   "route", ("created_at", RangeDateTimeFilter)]
+    # The raw diagnostics text is shown as a list instead (dropped_fields).
+    exclude = ["diagnostics"]
+    readonly_fields = ["dropped_fields"]
     list_filter_submit = True
     search_fields = ["request_id", "model_requested", "route", "upstream_model", "error_message", "client_ip"]
     date_hierarchy = "created_at"
@@ -352,6 +383,26 @@ class RequestLogAdmin(ModelAdmin):
     @admin.display(description=_("tokens in/out"))
     def tokens(self, obj):
         return f"{obj.input_tokens} / {obj.output_tokens}{'*' if obj.tokens_estimated else ''}"
+
+    @admin.display(description=_("dropped"))
+    def dropped(self, obj):
+        """A marker on rows whose translation dropped fields: their count, the fields on hover."""
+        lines = diagnostic_lines(obj.diagnostics)
+        if not lines:
+            return ""
+        label = ngettext("%(count)d field dropped", "%(count)d fields dropped", len(lines)) % {"count": len(lines)}
+        # Compact (the list must fit a laptop screen): the sign and the count; the fields on hover.
+        return format_html('<span class="diagnostics-marker" title="{}: {}">⚠ {}</span>',
+                           label, ", ".join(field for field, _reason in lines), len(lines))
+
+    @admin.display(description=_("dropped fields"))
+    def dropped_fields(self, obj):
+        """What could not be carried to the upstream's protocol, one field and its reason a line."""
+        lines = diagnostic_lines(obj.diagnostics)
+        if not lines:
+            return _("Nothing was dropped.")
+        items = format_html_join("", "<li><code>{}</code>: {}</li>", lines)
+        return format_html('<ul class="diagnostics">{}</ul>', items)
 
     def has_add_permission(self, request):
         return False
