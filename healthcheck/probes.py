@@ -286,7 +286,18 @@ async def probe(spec: ProbeSpec, key_id: int) -> ProbeResult:
         key = next((k for k in snapshot.keys_by_hash.values() if k.id == key_id), None)
         if key is None:
             return ProbeResult(ok=False, error_kind="exception", error_message="The monitoring key is not configured.")
-        return await run_probe(spec, snapshot, key)
+        result = await run_probe(spec, snapshot, key)
+        await _let_reports_go()
+        return result
+
+
+async def _let_reports_go(timeout_s: float = 2.0) -> None:
+    """The pipeline sends a request's routing report (a good answer closing an open circuit,
+    latency averages) from a background task after the answer. A task's own loop ends when
+    the probe returns: let those tasks finish first, or the report is cancelled with the loop."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=timeout_s)
 
 
 def _current_snapshot() -> Snapshot:
