@@ -5,6 +5,7 @@ Latency percentiles come from a fixed log-spaced histogram (bins 25% wide), so a
 is a sum of rollups and a percentile is accurate to one bin.
 """
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -104,7 +105,17 @@ def record_run(run: HealthRun) -> HealthTarget:
         _change_state(target, summary["state"], run.started_at)
         target.save(update_fields=["summary", "last_run_at", "state", "consecutive_failures",
                                    "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
+        changed_pages()
     return target
+
+
+def changed_pages() -> None:
+    """Cached status renderings are stale: say so now, and again once the change is committed
+    (a page built in between would have read the old rows)."""
+    from .status import bump_generation
+
+    bump_generation()
+    transaction.on_commit(bump_generation)
 
 
 def summarize(target_id: int, now: datetime) -> dict:
@@ -162,24 +173,76 @@ def current_state(target: HealthTarget, now: datetime | None = None) -> str:
     return target.state
 
 
-def strip(target_ids: list[int], now: datetime | None = None, hours: int = 24) -> dict[int, list[dict]]:
-    """Per target, one bar per strip interval over the last `hours`: oldest first, with its
-    availability (None: no runs). One grouped query for all targets."""
+def bar_buckets(interval_s: int) -> int:
+    """Rollup buckets per strip bar: one bar per probe interval, rounded to the 5-minute bucket
+    (at least one bucket, at most a day), unless HEALTH_STRIP_BAR_MINUTES fixes the bar size."""
+    fixed = setting("HEALTH_STRIP_BAR_MINUTES")
+    buckets = fixed * 60 // BUCKET_S if fixed else round(interval_s / BUCKET_S)
+    return min(max(buckets, 1), 24 * 3600 // BUCKET_S)
+
+
+@dataclass
+class Strip:
+    """One target's last 24 hours: `bars` bars of `bar_minutes` each, oldest first, drawn as
+    segments of neighbouring bars that share a colour (so a page of 200 strips of 288 bars
+    stays small): each segment {"bars": how many, "state": colour, "label": its time span,
+    "availability": over the segment, None when it had no runs}."""
+
+    bars: int
+    bar_minutes: int
+    segments: list[dict]
+
+
+def bar_state(availability: float | None) -> str:
+    """The colour of a strip bar."""
+    if availability is None:
+        return "unknown"
+    if availability >= 99.9:
+        return "healthy"
+    return "degraded" if availability >= 80 else "down"
+
+
+def strip(bar_sizes: dict[int, int], now: datetime | None = None, hours: int = 24) -> dict[int, Strip]:
+    """Per target (id -> rollup buckets per bar, see bar_buckets), its strip of the last `hours`.
+    One grouped query per distinct bar size (usually one), answered from a covering index."""
     now = now or timezone.now()
-    per_bar = max(setting("HEALTH_STRIP_BAR_MINUTES") * 60 // BUCKET_S, 1)
-    last_bar = bucket_of(now) // per_bar
-    bars = hours * 12 // per_bar
-    first_bar = last_bar - bars + 1
-    rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
-            .annotate(bar=F("bucket") / per_bar).values("target_id", "bar")
-            .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
-    found = {(row["target_id"], row["bar"]): (row["runs"], row["failures"]) for row in rows}
-    starts = [(bar, bucket_start(bar * per_bar)) for bar in range(first_bar, last_bar + 1)]
-    labels = {bar: f"{start:%H:%M}" for bar, start in starts}
+    by_size: dict[int, list[int]] = {}
+    for target_id, per_bar in bar_sizes.items():
+        by_size.setdefault(per_bar, []).append(target_id)
     out = {}
-    for target_id in target_ids:
-        bars = out[target_id] = []
-        for bar, start in starts:
-            runs, failures = found.get((target_id, bar), (0, 0))
-            bars.append({"start": start, "label": labels[bar], "runs": runs, "availability": availability(runs, failures)})
+    for per_bar, target_ids in by_size.items():
+        last_bar = bucket_of(now) // per_bar
+        count = max(hours * 12 // per_bar, 1)
+        first_bar = last_bar - count + 1
+        rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
+                .annotate(bar=F("bucket") / per_bar).values_list("target_id", "bar")
+                .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
+        found: dict[int, dict[int, tuple[int, int]]] = {}
+        for target_id, bar, runs, failures in rows:
+            found.setdefault(target_id, {})[bar] = (runs, failures)
+        for target_id in target_ids:
+            out[target_id] = Strip(count, per_bar * BUCKET_S // 60,
+                                   _segments(found.get(target_id, {}), first_bar, last_bar, per_bar))
     return out
+
+
+def _segments(bars: dict[int, tuple[int, int]], first_bar: int, last_bar: int, per_bar: int) -> list[dict]:
+    segments = []
+    current = None
+    for bar in range(first_bar, last_bar + 1):
+        runs, failures = bars.get(bar, (0, 0))
+        state = bar_state(availability(runs, failures))
+        if current is not None and current["state"] == state:
+            current["bars"] += 1
+            current["runs"] += runs
+            current["failures"] += failures
+            current["last"] = bar
+        else:
+            current = {"bars": 1, "state": state, "runs": runs, "failures": failures, "first": bar, "last": bar}
+            segments.append(current)
+    for segment in segments:
+        start = bucket_start(segment.pop("first") * per_bar)
+        end = bucket_start((segment.pop("last") + 1) * per_bar)
+        segment["label"] = f"{start:%H:%M}–{end:%H:%M}"
+        segment["availability"] = availability(segment.pop("runs"), segment.pop("failures"))
+    return segments
