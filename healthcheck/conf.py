@@ -25,6 +25,8 @@ DEFAULTS = {
     # X-Forwarded-For is believed (IP addresses or CIDR networks).
     "HEALTH_PUBLIC_RPM": lambda: _env.int("HEALTH_PUBLIC_RPM", default=60),
     "HEALTH_TRUSTED_PROXIES": lambda: _env.list("HEALTH_TRUSTED_PROXIES", default=[]),
+    # How often live traffic's request-log rows are folded into the rollups (live.py).
+    "HEALTH_LIVE_FOLD_EVERY_S": lambda: _env.float("HEALTH_LIVE_FOLD_EVERY_S", default=15.0),
     # How often the open status page refreshes its cards.
     "HEALTH_STATUS_REFRESH_S": lambda: _env.int("HEALTH_STATUS_REFRESH_S", default=60),
     # How long browsers and proxies may cache public answers.

@@ -19,6 +19,8 @@ class MonitoringSettings(models.Model):
     monitoring_key = models.OneToOneField(
         "keys.VirtualKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
+    # The last request-log row folded into rollups as live traffic (healthcheck/live.py).
+    live_log_cursor = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         verbose_name = verbose_name_plural = "monitoring settings"
@@ -133,7 +135,8 @@ class HealthRollup(models.Model):
 
     target = models.ForeignKey(HealthTarget, on_delete=models.CASCADE, related_name="rollups")
     bucket = models.IntegerField(help_text="Epoch seconds // 300.")
-    runs = models.PositiveIntegerField(default=0)
+    runs = models.PositiveIntegerField(default=0, help_text="Probe runs and live requests.")
+    live = models.PositiveIntegerField(default=0, help_text="How many of the runs were clients' requests.")
     failures = models.PositiveIntegerField(default=0)
     latency_sum_ms = models.FloatField(default=0)
     # Latency histogram {bin: count} over fixed log-spaced bins (see rollups.py), and

@@ -100,7 +100,7 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry, s
     status, content, log = await call_pipeline(body, snapshot, key, seen)
     result = ProbeResult(ok=False, status_code=status, request_id=log.request_id, ttfb_ms=log.ttfb_ms)
     if status >= 400:
-        result.error_kind = _pipeline_error_kind(status, log.error_kind, log.error_message)
+        result.error_kind = pipeline_error_kind(status, log.error_kind, log.error_message)
         result.error_message = log.error_message or _error_text(content)
         return result
     try:
@@ -208,7 +208,7 @@ _PIPELINE_KINDS = {
 }
 
 
-def _pipeline_error_kind(status: int, kind: str, detail: str) -> str:
+def pipeline_error_kind(status: int, kind: str, detail: str) -> str:
     if kind == "upstream_connect":
         # The request log's detail tells a name that did not resolve from a refused connection.
         return "dns_error" if "not resolved" in detail else "connection_refused"

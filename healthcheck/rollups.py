@@ -102,7 +102,7 @@ def record_run(run: HealthRun) -> HealthTarget:
         else:
             target.consecutive_successes += 1
             target.consecutive_failures = 0
-        _change_state(target, summary["state"], run.started_at)
+        change_state(target, summary["state"], run.started_at)
         target.save(update_fields=["summary", "last_run_at", "state", "consecutive_failures",
                                    "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
         changed_pages()
@@ -155,7 +155,7 @@ def _record_spend(target: HealthTarget, run: HealthRun, now: datetime) -> None:
         target.spend_total_usd += run.cost_usd
 
 
-def _change_state(target: HealthTarget, state: str, at: datetime) -> None:
+def change_state(target: HealthTarget, state: str, at: datetime) -> None:
     """A change of state closes the open incident, and opens one for degraded or down."""
     if state == target.state:
         return

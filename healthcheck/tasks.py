@@ -10,6 +10,8 @@ from celery import shared_task
 from django.db import IntegrityError
 from django.utils import timezone
 
+from llmgateway.redis import sync_client
+
 from . import recovery, routing_state
 from .conf import setting
 from .dispatch import claim_due_targets, interval_of
@@ -24,8 +26,9 @@ log = logging.getLogger(__name__)
 def dispatch_probes() -> int:
     """Bring forward the probes of cooled-down upstreams, claim the due targets and queue one
     probe for each claimed slot."""
-    recoveries = []
+    recoveries = None  # None: monitoring is off
     if MonitoringSettings.objects.filter(pk=1, enabled=True).exists():
+        recoveries = []
         try:
             recoveries = recovery.plan_recoveries()
         except Exception as exc:  # Redis away: the regular probes still run
@@ -33,10 +36,29 @@ def dispatch_probes() -> int:
     claims = claim_due_targets()
     for claim in claims:
         probe_target.delay(claim.target_id, claim.slot.isoformat())
-    for planned in recoveries:
+    for planned in recoveries or ():
         if planned.health_target_id is None:
             probe_open_target.delay(planned.route_target_id)
+    if recoveries is not None and _fold_is_due():
+        fold_live_traffic.delay()
     return len(claims)
+
+
+def _fold_is_due() -> bool:
+    """At most one fold of live traffic per HEALTH_LIVE_FOLD_EVERY_S, however many beats run."""
+    every = max(int(setting("HEALTH_LIVE_FOLD_EVERY_S")), 1)
+    try:
+        return bool(sync_client().set("gw:health:live:fold", 1, nx=True, ex=every))
+    except Exception:  # no Redis, no Celery either: nothing to queue
+        return False
+
+
+@shared_task(ignore_result=True)
+def fold_live_traffic() -> int:
+    """Fold clients' requests logged since the last fold into the rollups (live.py)."""
+    from .live import fold_live_traffic as fold
+
+    return fold()
 
 
 @shared_task(ignore_result=True)
