@@ -33,9 +33,12 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--keep", metavar="DIR", help="keep the generated data in DIR and reuse it next time")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="status-bench-"))
+    data_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="status-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    populated = data_dir / "populated"
     os.environ["DATA_DIR"] = str(data_dir)
     os.environ.pop("DATABASE_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
@@ -53,9 +56,13 @@ def main() -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        started = time.perf_counter()
-        runs = populate(args.targets, args.days)
-        print(f"populated {args.targets} targets, {runs} runs and rollups in {time.perf_counter() - started:.1f} s")
+        if populated.exists():
+            print(f"reusing the data in {data_dir}")
+        else:
+            started = time.perf_counter()
+            runs = populate(args.targets, args.days)
+            populated.touch()
+            print(f"populated {args.targets} targets, {runs} runs and rollups in {time.perf_counter() - started:.1f} s")
         results = {
             "/status (cold)": time_get("/status", args.requests, cold=True),
             "/status (htmx fragment, cold)": time_get("/status", args.requests, cold=True, HTTP_HX_REQUEST="true"),
@@ -67,7 +74,8 @@ def main() -> int:
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(5)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     print(f"{'path':32} {'median':>9} {'p95':>9} {'max':>9}")
     for path, times in results.items():

@@ -33,7 +33,7 @@ from routing.models import RequestLog
 
 from .models import HealthRollup, HealthTarget, MonitoringSettings
 from .probes import pipeline_error_kind
-from .rollups import bucket_of, changed_pages, latency_bin, merge_counts, summarize, change_state
+from .rollups import bucket_of, changed_pages, latency_bin, merge_counts, refresh_summary, change_state
 
 BATCH = 5000
 FIRST_LOOK_BACK = timedelta(hours=1)  # where a new cursor starts: not the whole history
@@ -135,7 +135,7 @@ def _add_to_rollups(sums: dict) -> None:
         merge_counts(rollup.errors, total["errors"])
         rollup.save()
     for target in HealthTarget.objects.select_for_update().filter(pk__in={t for t, _ in sums}):
-        target.summary = summarize(target.pk, now)
+        refresh_summary(target, now)
         change_state(target, target.summary["state"], now)
-        target.save(update_fields=["summary", "state"])
+        target.save(update_fields=["summary", "strip_cells", "state"])
     changed_pages()

@@ -22,6 +22,9 @@ WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta
 # Latency bins: bin 0 holds <= 10 ms, bin i holds (10·1.25^(i-1), 10·1.25^i] ms.
 BIN_BASE_MS = 10.0
 BIN_RATIO = 1.25
+# Buckets the strip keeps per target: 24 h, and an hour more so the oldest of hour-long bars
+# is whole.
+STRIP_CELLS = 25 * 12
 DEGRADED_BELOW = 0.20  # error share in the last hour under which a target is degraded, not down
 
 
@@ -92,7 +95,7 @@ def record_run(run: HealthRun) -> HealthTarget:
         rollup.save()
 
         now = timezone.now()
-        summary = summarize(target.pk, now)
+        summary = refresh_summary(target, now)
         _record_spend(target, run, now)
         target.summary = summary
         target.last_run_at = max(run.started_at, target.last_run_at or run.started_at)
@@ -103,7 +106,7 @@ def record_run(run: HealthRun) -> HealthTarget:
             target.consecutive_successes += 1
             target.consecutive_failures = 0
         change_state(target, summary["state"], run.started_at)
-        target.save(update_fields=["summary", "last_run_at", "state", "consecutive_failures",
+        target.save(update_fields=["summary", "strip_cells", "last_run_at", "state", "consecutive_failures",
                                    "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
         changed_pages()
     return target
@@ -118,14 +121,20 @@ def changed_pages() -> None:
     transaction.on_commit(bump_generation)
 
 
-def summarize(target_id: int, now: datetime) -> dict:
-    """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only."""
+def summarize(target_id: int, now: datetime, strip_into: dict | None = None, per_bar: int = 1) -> dict:
+    """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only.
+    Given `strip_into` (a dict), it is filled with the strip kept on the target (keep_strip),
+    `per_bar` buckets a bar."""
     current = bucket_of(now)
-    rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - 24 * 12)
+    rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - STRIP_CELLS)
                 .values_list("bucket", "runs", "failures", "latency_bins", "errors"))
+    if strip_into is not None:
+        strip_into.update(keep_strip(rows, current, per_bar))
     bins, errors = {}, {}
     totals = {"1h": [0, 0], "24h": [0, 0]}
     for bucket, runs, failures, latency_bins, error_counts in rows:
+        if bucket <= current - 24 * 12:
+            continue  # kept for the strip only
         merge_counts(bins, latency_bins)
         merge_counts(errors, error_counts)
         totals["24h"][0] += runs
@@ -144,6 +153,17 @@ def summarize(target_id: int, now: datetime) -> dict:
         "p95_ms": percentile(bins, 0.95),
         "errors": dict(sorted(errors.items(), key=lambda item: -item[1])),
     }
+
+
+def refresh_summary(target: HealthTarget, now: datetime) -> dict:
+    """Recompute the target's summary and kept strip (not saved); the summary."""
+    from .dispatch import interval_of
+    from .models import MonitoringSettings
+
+    per_bar = bar_buckets(interval_of(target, MonitoringSettings.load()))
+    target.strip_cells = {}
+    target.summary = summarize(target.pk, now, target.strip_cells, per_bar)
+    return target.summary
 
 
 def _record_spend(target: HealthTarget, run: HealthRun, now: datetime) -> None:
@@ -202,47 +222,90 @@ def bar_state(availability: float | None) -> str:
     return "degraded" if availability >= 80 else "down"
 
 
-def strip(bar_sizes: dict[int, int], now: datetime | None = None, hours: int = 24) -> dict[int, Strip]:
-    """Per target (id -> rollup buckets per bar, see bar_buckets), its strip of the last `hours`.
-    One grouped query per distinct bar size (usually one), answered from a covering index."""
-    now = now or timezone.now()
-    by_size: dict[int, list[int]] = {}
-    for target_id, per_bar in bar_sizes.items():
-        by_size.setdefault(per_bar, []).append(target_id)
-    out = {}
-    for per_bar, target_ids in by_size.items():
-        last_bar = bucket_of(now) // per_bar
-        count = max(hours * 12 // per_bar, 1)
-        first_bar = last_bar - count + 1
-        rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
-                .annotate(bar=F("bucket") / per_bar).values_list("target_id", "bar")
-                .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
-        found: dict[int, dict[int, tuple[int, int]]] = {}
-        for target_id, bar, runs, failures in rows:
-            found.setdefault(target_id, {})[bar] = (runs, failures)
-        for target_id in target_ids:
-            out[target_id] = Strip(count, per_bar * BUCKET_S // 60,
-                                   _segments(found.get(target_id, {}), first_bar, last_bar, per_bar))
-    return out
+def keep_strip(rows, current: int, per_bar: int) -> dict:
+    """What a target keeps for its strip as runs arrive, so a page of 200 strips reads no rollups
+    and cuts no bars: {"last": the newest bucket, "cells": [[runs, failures] or 0 per bucket,
+    oldest first, STRIP_CELLS of them], "per_bar": buckets a bar, "segments": [[first bar,
+    last bar, state, runs, failures], ...] over the 24 hours of bars ending at `current`}.
+    The page clips the segments to its own now (strip); the cells serve a changed bar size."""
+    first = current - STRIP_CELLS + 1
+    cells = [0] * STRIP_CELLS
+    for bucket, runs, failures, *_ in rows:
+        if first <= bucket <= current and runs:
+            cells[bucket - first] = [runs, failures]
+    kept = {"last": current, "cells": cells, "per_bar": per_bar}
+    kept["segments"] = _segments(kept, per_bar, current // per_bar, max(24 * 12 // per_bar, 1))
+    return kept
 
 
-def _segments(bars: dict[int, tuple[int, int]], first_bar: int, last_bar: int, per_bar: int) -> list[dict]:
+def _segments(kept: dict, per_bar: int, last_bar: int, count: int) -> list[list]:
+    """Runs of neighbouring bars of one colour: [first bar, last bar, state, runs, failures]."""
+    first_bar = last_bar - count + 1
+    runs, failures = [0] * count, [0] * count
+    cells = kept.get("cells") or ()
+    first_bucket = kept.get("last", 0) - len(cells) + 1
+    for offset, cell in enumerate(cells):
+        if cell:
+            i = (first_bucket + offset) // per_bar - first_bar
+            if 0 <= i < count:
+                runs[i] += cell[0]
+                failures[i] += cell[1]
     segments = []
-    current = None
-    for bar in range(first_bar, last_bar + 1):
-        runs, failures = bars.get(bar, (0, 0))
-        state = bar_state(availability(runs, failures))
-        if current is not None and current["state"] == state:
-            current["bars"] += 1
-            current["runs"] += runs
-            current["failures"] += failures
-            current["last"] = bar
+    last = None
+    for i in range(count):
+        state = _state_of_bar(runs[i], failures[i])
+        if last is not None and last[2] == state:
+            last[1] = first_bar + i
+            last[3] += runs[i]
+            last[4] += failures[i]
         else:
-            current = {"bars": 1, "state": state, "runs": runs, "failures": failures, "first": bar, "last": bar}
-            segments.append(current)
-    for segment in segments:
-        start = bucket_start(segment.pop("first") * per_bar)
-        end = bucket_start((segment.pop("last") + 1) * per_bar)
-        segment["label"] = f"{start:%H:%M}–{end:%H:%M}"
-        segment["availability"] = availability(segment.pop("runs"), segment.pop("failures"))
+            last = [first_bar + i, first_bar + i, state, runs[i], failures[i]]
+            segments.append(last)
     return segments
+
+
+def _state_of_bar(runs: int, failures: int) -> str:
+    """bar_state(availability(runs, failures)), in integers: it runs for every bar of a page."""
+    if not runs:
+        return "unknown"
+    if failures * 1000 <= runs:
+        return "healthy"
+    return "degraded" if failures * 5 <= runs else "down"
+
+
+def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24) -> Strip:
+    """A target's strip of the last `hours`, `per_bar` buckets a bar, from what it keeps
+    (keep_strip): its segments clipped to now, grey after its newest bucket (no run since).
+    No query; bars are cut again from the cells only when the bar size changed."""
+    now = now or timezone.now()
+    last_bar = bucket_of(now) // per_bar
+    count = max(hours * 12 // per_bar, 1)
+    first_bar = last_bar - count + 1
+    kept = kept or {}
+    segments = kept.get("segments") if kept.get("per_bar") == per_bar else None
+    if segments is None:
+        segments = _segments(kept, per_bar, last_bar, count)
+    out = []
+    covered_to = first_bar - 1
+    for first, last, state, runs, failures in segments:
+        if last < first_bar or first > last_bar:
+            continue
+        first, last = max(first, first_bar), min(last, last_bar)
+        if first > covered_to + 1:
+            _add_segment(out, covered_to + 1, first - 1, "unknown", 0, 0, per_bar)
+        _add_segment(out, first, last, state, runs, failures, per_bar)
+        covered_to = last
+    if covered_to < last_bar:
+        _add_segment(out, covered_to + 1, last_bar, "unknown", 0, 0, per_bar)
+    return Strip(count, per_bar * BUCKET_S // 60, out)
+
+
+def _add_segment(out: list, first: int, last: int, state: str, runs: int, failures: int, per_bar: int) -> None:
+    if out and out[-1]["state"] == state:
+        out[-1]["bars"] += last - first + 1
+        out[-1]["label"] = out[-1]["label"][:5] + f"–{bucket_start((last + 1) * per_bar):%H:%M}"
+        return
+    out.append({"bars": last - first + 1, "state": state,
+                "label": f"{bucket_start(first * per_bar):%H:%M}–{bucket_start((last + 1) * per_bar):%H:%M}",
+                # A segment clipped at the strip's start keeps the availability of its whole run.
+                "availability": availability(runs, failures)})

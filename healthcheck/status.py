@@ -31,7 +31,9 @@ class BadQuery(ValueError):
 
 
 def public_targets():
-    return HealthTarget.objects.filter(enabled=True).select_related("route").order_by("route__name", "name")
+    """Enabled targets, without their strip cells (only the page's cards read them)."""
+    return (HealthTarget.objects.filter(enabled=True).select_related("route").defer("strip_cells")
+            .order_by("route__name", "name"))
 
 
 def target_record(target: HealthTarget, now: datetime | None = None) -> dict:
@@ -61,10 +63,9 @@ def cards(now: datetime | None = None) -> list[Card]:
     """One card per target, with its 24-hour strip (one bar per probe interval): a few queries,
     whatever the number of targets."""
     now = now or timezone.now()
-    targets = list(public_targets())
     monitoring = MonitoringSettings.load()
-    strips = strip({t.pk: bar_buckets(interval_of(t, monitoring)) for t in targets}, now)
-    return [Card(target_record(t, now), strips[t.pk]) for t in targets]
+    return [Card(target_record(t, now), strip(t.strip_cells, bar_buckets(interval_of(t, monitoring)), now))
+            for t in public_targets().defer(None)]
 
 
 # --- a short-lived cache of what pages show -------------------------------------------------

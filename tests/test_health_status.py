@@ -201,13 +201,32 @@ def test_the_cards_are_rendered_once_and_again_only_after_a_run_changes_them(cli
     with CaptureQueriesContext(connection) as again:
         cached = client.get("/status").content.decode()
     assert len(again) < len(first)
-    assert not any("healthrollup" in q["sql"] for q in again.captured_queries)  # served from the cache
+    assert not any("healthtarget" in q["sql"] for q in again.captured_queries)  # served from the cache
     assert 'data-state="down"' in cached
 
     for minutes in (4, 4, 3, 3, 2, 2, 1, 1, 0):
         make_run(observed["bad"], minutes_ago=minutes, latency_ms=90.0)  # the bad one recovers
     with CaptureQueriesContext(connection) as after_runs:
         html = client.get("/status").content.decode()
-    assert any("healthrollup" in q["sql"] for q in after_runs.captured_queries)
+    assert any("healthtarget" in q["sql"] for q in after_runs.captured_queries)  # rebuilt
     measured = [state for state, _ in strip_of(html, observed["bad"].pk) if state != "unknown"]
     assert measured[-1] in ("healthy", "degraded")
+
+
+def test_a_kept_strip_moves_on_with_the_clock_without_reading_rollups():
+    from datetime import timedelta
+
+    from healthcheck.rollups import BUCKET_S, bucket_of, bucket_start, keep_strip, strip
+
+    now = bucket_start(bucket_of(timezone.now())) + timedelta(seconds=1)
+    current = bucket_of(now)
+    rows = [(current - age, 1, 1 if age == 2 else 0) for age in range(12)]  # an hour, one failure
+    kept = keep_strip(rows, current, per_bar=1)
+
+    assert [(s["state"], s["bars"]) for s in strip(kept, 1, now).segments] == [
+        ("unknown", 276), ("healthy", 9), ("down", 1), ("healthy", 2)]
+    later = strip(kept, 1, now + timedelta(seconds=3 * BUCKET_S))  # three buckets without a run since
+    assert [(s["state"], s["bars"]) for s in later.segments] == [
+        ("unknown", 273), ("healthy", 9), ("down", 1), ("healthy", 2), ("unknown", 3)]
+    hourly = strip(kept, 12, now)  # another bar size: cut again from the cells
+    assert sum(s["bars"] for s in hourly.segments) == 24 and hourly.segments[-1]["state"] in ("degraded", "down")
