@@ -137,5 +137,5 @@ def _add_to_rollups(sums: dict) -> None:
     for target in HealthTarget.objects.select_for_update().filter(pk__in={t for t, _ in sums}):
         refresh_summary(target, now)
         change_state(target, target.summary["state"], now)
-        target.save(update_fields=["summary", "strip_cells", "state"])
+        target.save(update_fields=["summary", "strip_segments", "strip_cells", "state"])
     changed_pages()

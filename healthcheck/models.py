@@ -75,7 +75,9 @@ class HealthTarget(models.Model):
     # Kept as runs arrive, so pages never scan runs.
     state = models.CharField(max_length=10, default="unknown", editable=False)
     summary = models.JSONField(default=dict, blank=True, editable=False)
-    # The last 25 hours of rollups per 5-minute bucket and the strip's bars, kept for the status page (rollups.keep_strip).
+    # Kept for the status page's strip as runs arrive (rollups.keep_strip): its coloured
+    # segments, and the last 25 hours of rollups per bucket to cut bars of another size from.
+    strip_segments = models.JSONField(default=dict, blank=True, editable=False)
     strip_cells = models.JSONField(default=dict, blank=True, editable=False)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)

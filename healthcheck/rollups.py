@@ -106,7 +106,7 @@ def record_run(run: HealthRun) -> HealthTarget:
             target.consecutive_successes += 1
             target.consecutive_failures = 0
         change_state(target, summary["state"], run.started_at)
-        target.save(update_fields=["summary", "strip_cells", "last_run_at", "state", "consecutive_failures",
+        target.save(update_fields=["summary", "strip_segments", "strip_cells", "last_run_at", "state", "consecutive_failures",
                                    "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
         changed_pages()
     return target
@@ -123,13 +123,13 @@ def changed_pages() -> None:
 
 def summarize(target_id: int, now: datetime, strip_into: dict | None = None, per_bar: int = 1) -> dict:
     """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only.
-    Given `strip_into` (a dict), it is filled with the strip kept on the target (keep_strip),
-    `per_bar` buckets a bar."""
+    Given `strip_into` (a dict), it gets the strip the target keeps (keep_strip: "segments"
+    and "cells"), `per_bar` buckets a bar."""
     current = bucket_of(now)
     rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - STRIP_CELLS)
                 .values_list("bucket", "runs", "failures", "latency_bins", "errors"))
     if strip_into is not None:
-        strip_into.update(keep_strip(rows, current, per_bar))
+        strip_into["segments"], strip_into["cells"] = keep_strip(rows, current, per_bar)
     bins, errors = {}, {}
     totals = {"1h": [0, 0], "24h": [0, 0]}
     for bucket, runs, failures, latency_bins, error_counts in rows:
@@ -161,8 +161,9 @@ def refresh_summary(target: HealthTarget, now: datetime) -> dict:
     from .models import MonitoringSettings
 
     per_bar = bar_buckets(interval_of(target, MonitoringSettings.load()))
-    target.strip_cells = {}
-    target.summary = summarize(target.pk, now, target.strip_cells, per_bar)
+    kept = {}
+    target.summary = summarize(target.pk, now, kept, per_bar)
+    target.strip_segments, target.strip_cells = kept["segments"], kept["cells"]
     return target.summary
 
 
@@ -222,20 +223,22 @@ def bar_state(availability: float | None) -> str:
     return "degraded" if availability >= 80 else "down"
 
 
-def keep_strip(rows, current: int, per_bar: int) -> dict:
-    """What a target keeps for its strip as runs arrive, so a page of 200 strips reads no rollups
-    and cuts no bars: {"last": the newest bucket, "cells": [[runs, failures] or 0 per bucket,
-    oldest first, STRIP_CELLS of them], "per_bar": buckets a bar, "segments": [[first bar,
-    last bar, state, runs, failures], ...] over the 24 hours of bars ending at `current`}.
-    The page clips the segments to its own now (strip); the cells serve a changed bar size."""
+def keep_strip(rows, current: int, per_bar: int) -> tuple[dict, dict]:
+    """What a target keeps for its strip as runs arrive, so a page of 200 strips reads no
+    rollups and cuts no bars: (segments, cells).
+
+    segments: {"per_bar": buckets a bar, "segments": [[first bar, last bar, state, runs,
+    failures], ...]} over the 24 hours of bars ending at `current`; the page clips them to its
+    own now (strip). cells: {"last": the newest bucket, "cells": [[runs, failures] or 0 per
+    bucket, oldest first, STRIP_CELLS of them]}, to cut bars of another size from."""
     first = current - STRIP_CELLS + 1
     cells = [0] * STRIP_CELLS
     for bucket, runs, failures, *_ in rows:
         if first <= bucket <= current and runs:
             cells[bucket - first] = [runs, failures]
-    kept = {"last": current, "cells": cells, "per_bar": per_bar}
-    kept["segments"] = _segments(kept, per_bar, current // per_bar, max(24 * 12 // per_bar, 1))
-    return kept
+    kept_cells = {"last": current, "cells": cells}
+    segments = _segments(kept_cells, per_bar, current // per_bar, max(24 * 12 // per_bar, 1))
+    return {"per_bar": per_bar, "segments": segments}, kept_cells
 
 
 def _segments(kept: dict, per_bar: int, last_bar: int, count: int) -> list[list]:
@@ -273,10 +276,10 @@ def _state_of_bar(runs: int, failures: int) -> str:
     return "degraded" if failures * 5 <= runs else "down"
 
 
-def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24) -> Strip:
-    """A target's strip of the last `hours`, `per_bar` buckets a bar, from what it keeps
-    (keep_strip): its segments clipped to now, grey after its newest bucket (no run since).
-    No query; bars are cut again from the cells only when the bar size changed."""
+def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24, cells=dict) -> Strip:
+    """A target's strip of the last `hours`, `per_bar` buckets a bar, from the segments it keeps
+    (keep_strip), clipped to now, grey after its newest bucket (no run since). No query; only
+    when the bar size changed are bars cut again, from `cells()` (the target's strip_cells)."""
     now = now or timezone.now()
     last_bar = bucket_of(now) // per_bar
     count = max(hours * 12 // per_bar, 1)
@@ -284,7 +287,7 @@ def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24
     kept = kept or {}
     segments = kept.get("segments") if kept.get("per_bar") == per_bar else None
     if segments is None:
-        segments = _segments(kept, per_bar, last_bar, count)
+        segments = _segments(cells() or {}, per_bar, last_bar, count)
     out = []
     covered_to = first_bar - 1
     for first, last, state, runs, failures in segments:
@@ -300,12 +303,18 @@ def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24
     return Strip(count, per_bar * BUCKET_S // 60, out)
 
 
+def _clock(bar: int, per_bar: int) -> str:
+    """HH:MM (UTC) of a bar's start: arithmetic, not strftime, as it runs for every segment."""
+    minutes = bar * per_bar * BUCKET_S // 60 % 1440
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
 def _add_segment(out: list, first: int, last: int, state: str, runs: int, failures: int, per_bar: int) -> None:
     if out and out[-1]["state"] == state:
         out[-1]["bars"] += last - first + 1
-        out[-1]["label"] = out[-1]["label"][:5] + f"–{bucket_start((last + 1) * per_bar):%H:%M}"
+        out[-1]["label"] = out[-1]["label"][:5] + "–" + _clock(last + 1, per_bar)
         return
     out.append({"bars": last - first + 1, "state": state,
-                "label": f"{bucket_start(first * per_bar):%H:%M}–{bucket_start((last + 1) * per_bar):%H:%M}",
+                "label": f"{_clock(first, per_bar)}–{_clock(last + 1, per_bar)}",
                 # A segment clipped at the strip's start keeps the availability of its whole run.
                 "availability": availability(runs, failures)})

@@ -31,8 +31,8 @@ class BadQuery(ValueError):
 
 
 def public_targets():
-    """Enabled targets, without their strip cells (only the page's cards read them)."""
-    return (HealthTarget.objects.filter(enabled=True).select_related("route").defer("strip_cells")
+    """Enabled targets, without what only the page's strips read."""
+    return (HealthTarget.objects.filter(enabled=True).select_related("route").defer("strip_segments", "strip_cells")
             .order_by("route__name", "name"))
 
 
@@ -64,8 +64,10 @@ def cards(now: datetime | None = None) -> list[Card]:
     whatever the number of targets."""
     now = now or timezone.now()
     monitoring = MonitoringSettings.load()
-    return [Card(target_record(t, now), strip(t.strip_cells, bar_buckets(interval_of(t, monitoring)), now))
-            for t in public_targets().defer(None)]
+    # The cells only when a target's bar size changed since its last run (a query for it alone).
+    return [Card(target_record(t, now), strip(t.strip_segments, bar_buckets(interval_of(t, monitoring)), now,
+                                              cells=lambda t=t: t.strip_cells))
+            for t in public_targets().defer(None).defer("strip_cells")]
 
 
 # --- a short-lived cache of what pages show -------------------------------------------------

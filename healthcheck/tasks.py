@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True)
 def dispatch_probes() -> int:
-    """Bring forward the probes of cooled-down upstreams, claim the due targets and queue one
-    probe for each claimed slot."""
+    """Bring forward the probes of upstreams live traffic cooled down (recovery.py), claim the
+    due targets and queue one probe for each claimed slot, and now and then a fold of live
+    traffic into the rollups (live.py)."""
     recoveries = None  # None: monitoring is off
     if MonitoringSettings.objects.filter(pk=1, enabled=True).exists():
         recoveries = []

@@ -221,12 +221,12 @@ def test_a_kept_strip_moves_on_with_the_clock_without_reading_rollups():
     now = bucket_start(bucket_of(timezone.now())) + timedelta(seconds=1)
     current = bucket_of(now)
     rows = [(current - age, 1, 1 if age == 2 else 0) for age in range(12)]  # an hour, one failure
-    kept = keep_strip(rows, current, per_bar=1)
+    kept, cells = keep_strip(rows, current, per_bar=1)
 
     assert [(s["state"], s["bars"]) for s in strip(kept, 1, now).segments] == [
         ("unknown", 276), ("healthy", 9), ("down", 1), ("healthy", 2)]
     later = strip(kept, 1, now + timedelta(seconds=3 * BUCKET_S))  # three buckets without a run since
     assert [(s["state"], s["bars"]) for s in later.segments] == [
         ("unknown", 273), ("healthy", 9), ("down", 1), ("healthy", 2), ("unknown", 3)]
-    hourly = strip(kept, 12, now)  # another bar size: cut again from the cells
+    hourly = strip(kept, 12, now, cells=lambda: cells)  # another bar size: cut again from the cells
     assert sum(s["bars"] for s in hourly.segments) == 24 and hourly.segments[-1]["state"] in ("degraded", "down")
