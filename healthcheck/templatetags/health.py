@@ -32,6 +32,17 @@ def state_label(state: str) -> str:
     return STATE_LABELS.get(state, state)
 
 
+@register.simple_tag
+def state_labels() -> dict:
+    """Every state's label in the current language, looked up once for a page of cards."""
+    return {state: str(label) for state, label in STATE_LABELS.items()}
+
+
+@register.filter
+def get(mapping: dict, key):
+    return mapping.get(key, key)
+
+
 @register.filter
 def outcome_label(outcome: str) -> str:
     return OUTCOME_LABELS.get(outcome, outcome)
