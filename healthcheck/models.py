@@ -34,6 +34,11 @@ class MonitoringSettings(models.Model):
 
     def save(self, *args, **kwargs):
         self.pk = 1
+        if kwargs.get("update_fields") is None and not self._state.adding:
+            # The cursor moves only by the live-traffic fold's conditional update: a form saved
+            # from an older read must not move it back (its rows would be counted twice).
+            kwargs["update_fields"] = [f.name for f in self._meta.concrete_fields
+                                       if f.name not in ("id", "live_log_cursor")]
         with transaction.atomic():
             if self.enabled and self.monitoring_key_id is None:
                 # First time on: the monitor gets its own key. Off keeps it, so on again reuses it.

@@ -112,3 +112,12 @@ def test_only_the_upstreams_failures_count():
     assert live_outcome(429, "rate_limited", "") is None  # the key's own limit, not the upstream
     assert live_outcome(499, "client_disconnected", "") is None
     assert live_outcome(400, "bad_request", "") is None
+
+
+def test_saving_the_settings_from_an_older_read_does_not_move_the_cursor_back(monitoring):
+    stale = MonitoringSettings.load()
+    MonitoringSettings.objects.filter(pk=1).update(live_log_cursor=12345)  # a fold moved it meanwhile
+    stale.default_prompt = "Say OK, please"
+    stale.save()  # as the admin saves its form
+    fresh = MonitoringSettings.load()
+    assert (fresh.live_log_cursor, fresh.default_prompt) == (12345, "Say OK, please")
