@@ -57,11 +57,11 @@ def probe_ready_circuits(route_target_ids: list[int], now_ms: int | None = None,
         return []
     client = redis or sync_client()
     pipe = client.pipeline(transaction=False)
+    pipe.time()  # Redis's clock, which the circuit's scripts use
     for target_id in route_target_ids:
         pipe.hmget(resilience.circuit_key(target_id), "open_until", "probe_until")
-    replies = pipe.execute()
+    (seconds, micros), *replies = pipe.execute()
     if now_ms is None:
-        seconds, micros = client.time()  # Redis's clock, as the circuit's scripts use
         now_ms = seconds * 1000 + micros // 1000
     ready = []
     for target_id, (open_until, probe_until) in zip(route_target_ids, replies):

@@ -113,11 +113,10 @@ def record_run(run: HealthRun) -> HealthTarget:
 
 
 def changed_pages() -> None:
-    """Cached status renderings are stale: say so now, and again once the change is committed
-    (a page built in between would have read the old rows)."""
+    """Cached status renderings are stale once the change is committed (saving the target
+    already said so, but a page built in between would have read the old rows)."""
     from .status import bump_generation
 
-    bump_generation()
     transaction.on_commit(bump_generation)
 
 
