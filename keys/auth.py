@@ -77,7 +77,8 @@ def authenticate(meta, keys_by_hash: dict[str, KeyEntry], now: float | None = No
     plaintext = presented_key(meta)
     if plaintext is None:
         raise AuthenticationFailed(
-            "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header)."
+            "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header).",
+            log_message="no key",
         )
     digest = hash_key(plaintext)
     entry = keys_by_hash.get(digest)

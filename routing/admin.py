@@ -12,7 +12,7 @@ from unfold.widgets import UnfoldAdminTextInputWidget
 from llmgateway.config import validators
 from providers.catalog import is_known_model, known_models
 
-from .models import PromptRule, RequestLog, Route, RouteTarget
+from .models import PromptRule, RefusedTraffic, RequestLog, Route, RouteTarget
 
 
 class UpstreamModelInput(UnfoldAdminTextInputWidget):
@@ -176,6 +176,24 @@ class RequestLogAdmin(ModelAdmin):
     @admin.display(description=_("tokens in/out"))
     def tokens(self, obj):
         return f"{obj.input_tokens} / {obj.output_tokens}{'*' if obj.tokens_estimated else ''}"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RefusedTraffic)
+class RefusedTrafficAdmin(ModelAdmin):
+    """Requests refused before a key was known, counted per client IP and minute: read-only."""
+
+    list_display = ["minute", "client_ip", "reason", "endpoint", "count", "first_seen", "last_seen"]
+    list_filter = ["reason", "endpoint", ("minute", RangeDateTimeFilter)]
+    list_filter_submit = True
+    search_fields = ["client_ip"]
+    date_hierarchy = "minute"
+    show_full_result_count = False
 
     def has_add_permission(self, request):
         return False

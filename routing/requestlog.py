@@ -86,6 +86,27 @@ class LogEntry:
 _entry_values = operator.attrgetter(*LogEntry.__slots__)
 
 
+@dataclass(slots=True)
+class RefusalCount:
+    """Requests refused before their key was known, of one client IP, reason and endpoint in
+    one minute, as one process counted them in one flush window. The writer adds it to the
+    minute's RefusedTraffic row."""
+
+    minute: int  # epoch minute
+    client_ip: str
+    reason: str
+    endpoint: str
+    count: int
+    first_seen: float  # epoch seconds
+    last_seen: float
+
+    def __reduce__(self):
+        return RefusalCount, _refusal_values(self)
+
+
+_refusal_values = operator.attrgetter(*RefusalCount.__slots__)
+
+
 class RequestLogQueue:
     """The gateway side: a bounded queue, and a thread that feeds the writer process."""
 
@@ -102,6 +123,10 @@ class RequestLogQueue:
         # this one dies before writing them.
         self.unacked: deque[LogEntry] = deque()
         self._acks = b""
+        # Refusals counted since the last hand-over, by (minute, ip, reason, endpoint). They
+        # share the queue's bound: a spray from many addresses cannot grow it without end.
+        self.refusals: dict[tuple, RefusalCount] = {}
+        self._refusals_lock = threading.Lock()  # taken on the event loop and by the sender
 
     def record(self, entry: LogEntry) -> None:
         if len(self.entries) >= self.max_size:
@@ -114,6 +139,30 @@ class RequestLogQueue:
         self.entries.append(entry)
         if self._sender is None:
             self._start_sender()
+
+    def count_refusal(self, client_ip: str, reason: str, endpoint: str, at: float) -> None:
+        """Count a request refused before its key was known (see RequestRecord.refuse)."""
+        minute = int(at // 60)
+        key = (minute, client_ip, reason, endpoint)
+        with self._refusals_lock:
+            counted = self.refusals.get(key)
+            if counted is not None:
+                counted.count += 1
+                counted.last_seen = at
+                return
+            if len(self.refusals) + len(self.entries) >= self.max_size:
+                self.dropped += 1
+                return
+            self.refusals[key] = RefusalCount(minute, client_ip, reason, endpoint, 1, at, at)
+        if self._sender is None:
+            self._start_sender()
+
+    def _take_refusals(self) -> None:
+        """Move what was counted in this flush window into the queue, one item per key."""
+        if self.refusals:
+            with self._refusals_lock:
+                counted, self.refusals = self.refusals, {}
+            self.entries.extend(counted.values())
 
     def _start_sender(self) -> None:
         self._sender = threading.Thread(target=self._send_forever, name="requestlog-sender", daemon=True)
@@ -137,6 +186,7 @@ class RequestLogQueue:
     def _hand_over(self) -> None:
         """Send everything queued to the writer (blocks while the writer is behind)."""
         self._read_acks()
+        self._take_refusals()
         while self.entries:
             batch = [self.entries.popleft() for _ in range(min(BATCH_SIZE, len(self.entries)))]
             try:
@@ -244,10 +294,64 @@ def _read_exactly(stream, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def write_rows(batch: list[LogEntry]) -> None:
+def write_rows(batch: list) -> None:
+    """Write a batch of LogEntry (a row each) and RefusalCount (added to its minute's row),
+    all or nothing: a batch that fails is written again, and only request-log rows are
+    idempotent (by request id)."""
+    from django.db import transaction
+
     from .models import RequestLog
 
-    RequestLog.objects.bulk_create([_row(e) for e in batch], ignore_conflicts=True)
+    entries = [e for e in batch if type(e) is LogEntry]
+    refusals = [e for e in batch if type(e) is RefusalCount]
+    if not refusals:
+        RequestLog.objects.bulk_create([_row(e) for e in entries], ignore_conflicts=True)
+        return
+    with transaction.atomic():
+        if entries:
+            RequestLog.objects.bulk_create([_row(e) for e in entries], ignore_conflicts=True)
+        add_refusals(refusals)
+
+
+def add_refusals(refusals: list[RefusalCount]) -> None:
+    """Add the counts to their RefusedTraffic rows (one per minute, IP, reason and endpoint),
+    in one upsert per distinct row: several writers (one per web process) may add to the
+    same row at once, and the database does the adding."""
+    from django.db import connection
+
+    from .models import RefusedTraffic
+
+    merged: dict[tuple, RefusalCount] = {}
+    for r in refusals:
+        key = (r.minute, r.client_ip, r.reason, r.endpoint)
+        known = merged.get(key)
+        if known is None:
+            merged[key] = RefusalCount(*_refusal_values(r))
+        else:
+            known.count += r.count
+            known.first_seen = min(known.first_seen, r.first_seen)
+            known.last_seen = max(known.last_seen, r.last_seen)
+    table = connection.ops.quote_name(RefusedTraffic._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (minute, client_ip, reason, endpoint, count, first_seen, last_seen)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (minute, client_ip, reason, endpoint) DO UPDATE SET"
+        f" count = {table}.count + excluded.count,"
+        f" first_seen = CASE WHEN excluded.first_seen < {table}.first_seen"
+        f" THEN excluded.first_seen ELSE {table}.first_seen END,"
+        f" last_seen = CASE WHEN excluded.last_seen > {table}.last_seen"
+        f" THEN excluded.last_seen ELSE {table}.last_seen END"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [
+            (adapt(_at(r.minute * 60)), _clean(r.client_ip)[0][:64], _clean(r.reason)[0][:60],
+             _clean(r.endpoint)[0][:40], r.count, adapt(_at(r.first_seen)), adapt(_at(r.last_seen)))
+            for r in merged.values()])
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 def write_minimal_row(e: LogEntry) -> None:
