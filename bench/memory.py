@@ -50,12 +50,12 @@ def role(proc: psutil.Process) -> str:
         cmdline = " ".join(proc.cmdline())
     except psutil.Error:
         return "gone"
+    if "manage.py serve" in cmdline or "llmgateway.supervise" in cmdline:
+        return "supervisor"
     if "routing.logwriter" in cmdline:
         return "log writer"
     if "llmgateway.webworker" in cmdline:
         return "web"
-    if "manage.py serve" in cmdline:
-        return "supervisor"
     return "other"
 
 

@@ -19,6 +19,8 @@ import time
 from collections import deque
 
 GIVE_UP_AFTER_S = 120
+LEAN_PROCESS_ENV = "GATEWAY_LEAN_PROCESS"
+WRITER_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "providers", "keys", "routing"]
 
 log = logging.getLogger("routing.logwriter")
 
@@ -33,10 +35,16 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
+    os.environ[LEAN_PROCESS_ENV] = "1"  # llmgateway/__init__.py: no Celery app in this process
+    from django.conf import settings
+
+    # Only the apps whose models the rows need: the admin, Channels, Daphne (and its
+    # Twisted reactor), the status page and their imports are half of a web process's
+    # memory, and a writer per web process would pay for them again (docs/performance.md).
+    settings.INSTALLED_APPS = WRITER_APPS
     import django
 
     django.setup()
-    from django.conf import settings
     from django.db import connections
 
     if args.database_name:
