@@ -407,8 +407,9 @@ async def report_attempt(route_id: int, target_id: int, provider_key_id: int | N
 def prepare_report(route_id: int, target_id: int, provider_key_id: int | None, *, outcome: str,
                    probe: bool = False, retry_at: float | None = None, latency_ms: float | None = None,
                    want_retry: bool = False, bind_session: tuple[str, float] | None = None,
-                   policy: Policy | None = None, now: float | None = None) -> ScriptCall:
-    """report_attempt's Redis call, to send alone or with others (run_scripts)."""
+                   policy: Policy | None = None, now: float | None = None, samples: int = 1) -> ScriptCall:
+    """report_attempt's Redis call, to send alone or with others (run_scripts). `samples`:
+    how many successes the latency averages (see fold_successes)."""
     if outcome not in _OUTCOME_CODE:
         raise ValueError(f"unknown outcome {outcome!r}; one of {OUTCOMES}")
     policy = policy or Policy.from_settings()
@@ -423,9 +424,48 @@ def prepare_report(route_id: int, target_id: int, provider_key_id: int | None, *
     args = [_now_arg(now), target_id, _OUTCOME_CODE[outcome], int(probe),
             int(retry_at * 1000) if retry_at else 0, policy.failures, int(policy.failure_window_s * 1000),
             int(policy.open_s * 1000), int(policy.key_cooldown_base_s * 1000), int(policy.key_cooldown_cap_s * 1000),
-            -1 if latency_ms is None else f"{latency_ms:.3f}", policy.latency_alpha, int(want_retry),
-            policy.retry_ratio, policy.retry_min, target_id if session_id else "", int(ttl_s * 1000), int(has_key)]
-    return ScriptCall(_REPORT, keys, args)
+            -1 if latency_ms is None else f"{latency_ms:.3f}",
+            policy.latency_alpha if samples == 1 else 1 - (1 - policy.latency_alpha) ** samples,
+            int(want_retry), policy.retry_ratio, policy.retry_min, target_id if session_id else "",
+            int(ttl_s * 1000), int(has_key)]
+    call = ReportCall(_REPORT, keys, args)
+    if outcome == "ok" and not (probe or retry_at or want_retry or session_id or now is not None):
+        call.success_of = (route_id, target_id, provider_key_id, policy)
+        call.latency_ms = latency_ms
+    return call
+
+
+class ReportCall(ScriptCall):
+    __slots__ = ("success_of", "latency_ms")
+
+    def __init__(self, script, keys, args):
+        super().__init__(script, keys, args)
+        self.success_of = None  # (route, target, provider key, policy) of a plain success, which folds
+        self.latency_ms = None
+
+
+def fold_successes(calls: list[ScriptCall]) -> list[ScriptCall]:
+    """The calls, with the plain success reports of one target and key folded into one: a busy
+    route's successes otherwise cost Redis one call each although they all say the same (reset
+    the failure streaks, average the latency). The folded call averages their latencies with the
+    weight the moving average would have given them one by one (1 - (1 - alpha) ** n)."""
+    successes: dict[tuple, list[ReportCall]] = {}
+    folded = []
+    for call in calls:
+        of = getattr(call, "success_of", None)
+        if of is None:
+            folded.append(call)
+        else:
+            successes.setdefault(of, []).append(call)
+    for (route_id, target_id, provider_key_id, policy), group in successes.items():
+        if len(group) == 1:
+            folded.append(group[0])
+            continue
+        latencies = [call.latency_ms for call in group if call.latency_ms is not None]
+        folded.append(prepare_report(route_id, target_id, provider_key_id, outcome="ok", policy=policy,
+                                     latency_ms=sum(latencies) / len(latencies) if latencies else None,
+                                     samples=max(len(latencies), 1)))
+    return folded
 
 
 def report_unreachable(exc: BaseException) -> ReportResult:
