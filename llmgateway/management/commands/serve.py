@@ -9,7 +9,9 @@ The web server is WEB_CONCURRENCY processes (default: one per core) on one port:
 command opens a listening socket per process (SO_REUSEPORT) and hands each down
 (llmgateway.webworker). A process that dies is started again. Ctrl-C or SIGTERM stops
 all children gracefully: web processes stop accepting and let the requests in flight
-finish first.
+finish first. Once its setup is done this command replaces itself with the lean
+supervisor of llmgateway.supervise (same process, children and sockets), so that the
+process that only waits does not hold Django's memory.
 """
 import json
 import logging
