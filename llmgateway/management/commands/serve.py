@@ -87,6 +87,7 @@ class Command(BaseCommand):
         sys.stderr.flush()
         # Django's work is done: this process becomes the lean supervisor (same pid, same
         # children, same sockets), giving back the memory Django holds.
+        os.chdir(settings.BASE_DIR)  # where `python -m llmgateway.supervise` finds the module
         os.execve(sys.executable, [sys.executable, "-m", "llmgateway.supervise", json.dumps(plan)],
                   {**os.environ, "GATEWAY_LEAN_PROCESS": "1"})
 
@@ -125,7 +126,7 @@ def supervision_plan(listening: list[socket.socket], no_worker: bool, redis_proc
     plan = {"cwd": str(settings.BASE_DIR), "children": children, "close_fds": [s.fileno() for s in listening]}
     if redis_proc is not None:
         plan["redis"] = {"pid": redis_proc.pid, "args": [str(a) for a in redis_proc.args],
-                         "record": str(Path(settings.DATA_DIR) / EMBEDDED_REDIS_FILE)}
+                         "record": str((Path(settings.DATA_DIR) / EMBEDDED_REDIS_FILE).resolve())}
     return plan
 
 
