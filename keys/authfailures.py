@@ -36,6 +36,7 @@ return {0, 0}
 """
 
 COUNTED, BLOCKS_NOW, BLOCKED = 0, 1, 2
+BLOCKED_REASON = "too many failed authentications"  # what the refusal counts say
 
 # ip -> epoch second its block ends, as far as this process knows
 _blocked_until: dict[str, float] = {}
@@ -87,7 +88,7 @@ def blocked_error(seconds: int) -> RateLimited:
     return RateLimited(
         f"Too many failed authentication attempts from this address; try again in {seconds} seconds.",
         code="too_many_auth_failures", kind="auth_blocked", headers={"Retry-After": str(seconds)},
-        log_message="too many failed authentications")
+        log_message=BLOCKED_REASON)
 
 
 def _log_outage(exc: Exception) -> None:

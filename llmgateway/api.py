@@ -6,7 +6,7 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
 from keys import authfailures
-from keys.auth import authenticate
+from keys.auth import NO_KEY, NO_SUCH_KEY, authenticate
 from providers.wire import CODECS
 from routing.api import router
 from routing.endpoints import ENDPOINTS, endpoint_at
@@ -83,15 +83,18 @@ api = NinjaAPI(
 api.add_router("/v1", router)
 
 
-# Refusals of requests whose key is not known: no key, a wrong one, an IP refused for its
-# failures, a path that is no endpoint.
-REFUSED_BEFORE_KEY = frozenset({"auth", "auth_blocked", "not_found"})
+UNKNOWN_PATH = "unknown path"
+# Refusals before any key is known: no key, one that does not exist, an address refused for
+# its failures, a path that is no endpoint. They are counted per client IP (RefusedTraffic),
+# not logged a row each. A disabled or expired key is known: its refusal is a row as any
+# request's, with the real reason for the operator.
+REFUSED_BEFORE_KEY = frozenset({NO_KEY, NO_SUCH_KEY, authfailures.BLOCKED_REASON, UNKNOWN_PATH})
 
 
 def render_error(request, err: GatewayError) -> HttpResponse:
     """The error in the client's protocol, recorded in the request log."""
     record = begin_record(request)
-    if record.key is None and err.kind in REFUSED_BEFORE_KEY:
+    if record.key is None and err.log_message in REFUSED_BEFORE_KEY:
         record.refuse(err)  # counted per client IP, not a row each (junk traffic must not grow the log)
     else:
         record.fail(err)
@@ -128,4 +131,4 @@ def on_unexpected_error(request, exc: Exception):
 def not_found(request, rest: str = ""):
     """Unknown paths under /v1 get an OpenAI-shaped 404, not an HTML page."""
     return render_error(request, EndpointNotFound(f"Unknown request URL: {request.method} {request.path}.",
-                                                  log_message="unknown path"))
+                                                  log_message=UNKNOWN_PATH))

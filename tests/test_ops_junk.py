@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from llmgateway.clientip import client_ip
 
-from .conftest import DISABLED_KEY, EXPIRED_KEY, FULL_KEY, wait_for_model
+from .conftest import DISABLED_KEY, EXPIRED_KEY, FULL_KEY, wait_for_log, wait_for_model
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 MESSAGES = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
@@ -129,7 +129,7 @@ def test_an_address_that_keeps_failing_gets_429_in_anthropic_format(junk_gateway
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
 
 
-def test_unknown_disabled_and_expired_keys_count_alike_and_are_answered_alike(junk_gateway):
+def test_unknown_disabled_and_expired_keys_count_alike_and_are_answered_alike(junk_gateway, db_access):
     guesser = new_client_address()
     with httpx.Client(base_url=junk_gateway.url) as client:
         def ask(key):
@@ -143,6 +143,11 @@ def test_unknown_disabled_and_expired_keys_count_alike_and_are_answered_alike(ju
     assert {a.status_code for a in blocked} == {429}
     assert len({a.json()["error"]["message"] for a in blocked}) == 1
     assert len({a.headers.get("retry-after") is not None for a in blocked}) == 1
+    # Known keys' refusals are request-log rows with the real reason; unknown keys' are counted.
+    assert wait_for_log(failures[0].headers["x-request-id"]).error_message == "the key is disabled"
+    assert wait_for_log(failures[1].headers["x-request-id"]).error_message == "the key has expired"
+    rows = wait_for_refusals(guesser, 6 + 3)
+    assert sum(r.count for r in rows if r.reason == "no such key") == 6
 
 
 def test_the_slow_down_is_shared_by_every_process(junk_gateway, gateway_factory):
