@@ -14,8 +14,8 @@ from routing.proxy import error_json
 from routing.record import RequestRecord
 
 from . import runtime
-from .clientip import request_client_ip
 from .apihandler import OVERLOADED, TOO_LARGE, stopping
+from .clientip import request_client_ip
 from .errors import (AuthenticationFailed, EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge,
                      ServiceUnavailable)
 
