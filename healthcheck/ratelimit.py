@@ -1,8 +1,8 @@
 """Per-client-IP rate limit of the public health surface: a Redis counter per IP and minute."""
-import ipaddress
 import logging
 import time
 
+from llmgateway.clientip import client_ip  # noqa: F401  (re-exported: healthcheck.views, tests)
 from llmgateway.redis import sync_client
 
 from .conf import setting
@@ -10,22 +10,6 @@ from .conf import setting
 log = logging.getLogger(__name__)
 
 KEY = "gw:health:public:{}:{}"
-
-
-def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: list[str]) -> str:
-    """The socket peer, unless the peer is a trusted proxy: then the nearest address in
-    X-Forwarded-For that is not a trusted proxy itself (addresses further left are the
-    client's to write, so they are not believed)."""
-    peer = remote_addr or "unknown"
-    networks = _networks(trusted)
-    if not networks or not _is_trusted(peer, networks) or not forwarded_for:
-        return peer
-    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
-        if not _valid_ip(hop):
-            return peer  # a garbled header: fall back to the proxy itself
-        if not _is_trusted(hop, networks):
-            return hop
-    return peer
 
 
 def hit(ip: str, limit: int | None = None, now: float | None = None) -> int | None:
@@ -45,29 +29,3 @@ def hit(ip: str, limit: int | None = None, now: float | None = None) -> int | No
     if count > limit:
         return max(int((minute + 1) * 60 - now), 1)
     return None
-
-
-def _networks(trusted: list[str]):
-    networks = []
-    for entry in trusted:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            log.error("HEALTH_TRUSTED_PROXIES: %r is not an IP address or network; ignored", entry)
-    return networks
-
-
-def _valid_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_trusted(value: str, networks) -> bool:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)

@@ -12,6 +12,10 @@ from .secrets import hash_key
 # (the request log keeps the real reason for the operator).
 WRONG_KEY = "Incorrect API key provided."
 
+# The request log's reasons for a caller whose key is not known (see llmgateway.api).
+NO_KEY = "no key"
+NO_SUCH_KEY = "no such key"
+
 # Compared against when the presented key is unknown, so unknown and wrong keys
 # do the same work.
 _NO_SUCH_HASH = hash_key("no such key")
@@ -77,13 +81,14 @@ def authenticate(meta, keys_by_hash: dict[str, KeyEntry], now: float | None = No
     plaintext = presented_key(meta)
     if plaintext is None:
         raise AuthenticationFailed(
-            "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header)."
+            "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header).",
+            log_message=NO_KEY,
         )
     digest = hash_key(plaintext)
     entry = keys_by_hash.get(digest)
     matched = hmac.compare_digest(digest, entry.key_hash if entry else _NO_SUCH_HASH)
     if entry is None or not matched:
-        raise AuthenticationFailed(WRONG_KEY, log_message="no such key")
+        raise AuthenticationFailed(WRONG_KEY, log_message=NO_SUCH_KEY)
     if not entry.enabled:
         raise AuthenticationFailed(WRONG_KEY, log_message="the key is disabled")
     if entry.expires_at is not None and entry.expires_at <= (now or time.time()):

@@ -5,7 +5,8 @@ from django.http import HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
-from keys.auth import authenticate
+from keys import authfailures
+from keys.auth import NO_KEY, NO_SUCH_KEY, authenticate
 from providers.wire import CODECS
 from routing.api import router
 from routing.endpoints import ENDPOINTS, endpoint_at
@@ -14,7 +15,9 @@ from routing.record import RequestRecord
 
 from . import runtime
 from .apihandler import OVERLOADED, TOO_LARGE, stopping
-from .errors import EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from .clientip import request_client_ip
+from .errors import (AuthenticationFailed, EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge,
+                     ServiceUnavailable)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def begin_record(request) -> RequestRecord:
         endpoint = endpoint_at(request.path)
         request.gateway_endpoint = endpoint or _UNKNOWN
         record = request.gateway_record = RequestRecord.begin(endpoint.name if endpoint else "other",
-                                                              request.META.get("REMOTE_ADDR"))
+                                                              request_client_ip(request.META))
     return record
 
 
@@ -55,7 +58,17 @@ class VirtualKeyAuth:
             log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
             raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
                                      code="not_ready", headers={"Retry-After": "1"}) from None
-        record.key = key = authenticate(request.META, snapshot.keys_by_hash)
+        ip = record.log.client_ip
+        blocked = authfailures.blocked_for(ip)
+        if blocked:  # even with a valid key: else a key guesser would read its 200 among the 429s
+            raise authfailures.blocked_error(blocked)
+        try:
+            record.key = key = authenticate(request.META, snapshot.keys_by_hash)
+        except AuthenticationFailed:
+            blocked = await authfailures.count_failure(runtime.current().redis, ip)
+            if blocked:
+                raise authfailures.blocked_error(blocked) from None
+            raise
         record.log.virtual_key_id = key.id
         return key
 
@@ -70,10 +83,21 @@ api = NinjaAPI(
 api.add_router("/v1", router)
 
 
+UNKNOWN_PATH = "unknown path"
+# Refusals before any key is known: no key, one that does not exist, an address refused for
+# its failures, a path that is no endpoint. They are counted per client IP (RefusedTraffic),
+# not logged a row each. A disabled or expired key is known: its refusal is a row as any
+# request's, with the real reason for the operator.
+REFUSED_BEFORE_KEY = frozenset({NO_KEY, NO_SUCH_KEY, authfailures.BLOCKED_REASON, UNKNOWN_PATH})
+
+
 def render_error(request, err: GatewayError) -> HttpResponse:
     """The error in the client's protocol, recorded in the request log."""
     record = begin_record(request)
-    record.fail(err)
+    if record.key is None and err.log_message in REFUSED_BEFORE_KEY:
+        record.refuse(err)  # counted per client IP, not a row each (junk traffic must not grow the log)
+    else:
+        record.fail(err)
     codec = CODECS[request.gateway_endpoint.wire]
     response = HttpResponse(error_json(codec, err), status=err.status, content_type="application/json")
     response["x-request-id"] = record.request_id
@@ -106,4 +130,5 @@ def on_unexpected_error(request, exc: Exception):
 
 def not_found(request, rest: str = ""):
     """Unknown paths under /v1 get an OpenAI-shaped 404, not an HTML page."""
-    return render_error(request, EndpointNotFound(f"Unknown request URL: {request.method} {request.path}."))
+    return render_error(request, EndpointNotFound(f"Unknown request URL: {request.method} {request.path}.",
+                                                  log_message=UNKNOWN_PATH))

@@ -192,6 +192,15 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
+# A client IP with this many failed authentications within GATEWAY_AUTH_FAILURE_WINDOW_S
+# is answered 429 for GATEWAY_AUTH_BLOCK_S, whatever key it sends (0: never).
+GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)
+GATEWAY_AUTH_FAILURE_WINDOW_S = env.int("GATEWAY_AUTH_FAILURE_WINDOW_S", default=60)
+GATEWAY_AUTH_BLOCK_S = env.int("GATEWAY_AUTH_BLOCK_S", default=300)
+# Proxies (IP addresses or CIDR networks) whose X-Forwarded-For the /v1 API believes, for
+# the client IP of its request log, refusal counts and authentication slow-down. Default:
+# the public health API's HEALTH_TRUSTED_PROXIES.
+GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=env.list("HEALTH_TRUSTED_PROXIES", default=[]))
 # Upstreams on loopback or private addresses (self-hosted Ollama, vLLM, LM Studio, an
 # internal proxy): allowed in base URLs, dialled by the gateway and by the admin's "test
 # connection" and "fetch models" unless this is off. On by default: a self-hosted gateway
@@ -320,6 +329,7 @@ UNFOLD = {
             ]},
             {"title": _("Request logs"), "items": [
                 _nav(_("Request logs"), "receipt_long", "admin:routing_requestlog_changelist"),
+                _nav(_("Refused traffic"), "block", "admin:routing_refusedtraffic_changelist"),
             ]},
             {"title": _("Monitoring"), "items": [
                 _nav(_("Health targets"), "monitor_heart", "admin:healthcheck_healthtarget_changelist"),

@@ -9,8 +9,10 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tiktoken
+if TYPE_CHECKING:
+    import tiktoken  # imported when a count first needs it: processes that never count don't load it
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ def _load(name: str) -> tiktoken.Encoding:
         if hashlib.sha256(data).hexdigest() != sha256:
             raise RuntimeError(f"shipped tiktoken file for {name} has the wrong sha256: {path}")
         os.environ["TIKTOKEN_CACHE_DIR"] = str(TOKENIZERS_DIR)
+        import tiktoken
+
         enc = tiktoken.get_encoding(name)
         _encodings[name] = enc
         return enc

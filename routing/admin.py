@@ -28,7 +28,7 @@ from providers.adapters import ADAPTERS
 from providers.catalog import is_known_model, known_models
 from providers.models import Provider
 
-from .models import PromptRule, RequestLog, Route, RouteTarget
+from .models import PromptRule, RefusedTraffic, RequestLog, Route, RouteTarget
 from .preview import LOGGED_PROTOCOLS, PROTOCOLS, Upstream, preview_rules
 from .snapshot import RuleEntry
 
@@ -403,6 +403,24 @@ class RequestLogAdmin(ModelAdmin):
             return _("Nothing was dropped.")
         items = format_html_join("", "<li><code>{}</code>: {}</li>", lines)
         return format_html('<ul class="diagnostics">{}</ul>', items)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RefusedTraffic)
+class RefusedTrafficAdmin(ModelAdmin):
+    """Requests refused before a key was known, counted per client IP and minute: read-only."""
+
+    list_display = ["minute", "client_ip", "reason", "endpoint", "count", "first_seen", "last_seen"]
+    list_filter = ["reason", "endpoint", ("minute", RangeDateTimeFilter)]
+    list_filter_submit = True
+    search_fields = ["client_ip"]
+    date_hierarchy = "minute"
+    show_full_result_count = False
 
     def has_add_permission(self, request):
         return False

@@ -10,15 +10,19 @@ giving the database GIVE_UP_AFTER_S more to come back.
     python -m routing.logwriter --database-name NAME    (not meant to be run by hand)
 """
 import argparse
+import json
 import logging
 import os
 import select
 import signal
 import sys
 import time
+import warnings
 from collections import deque
 
 GIVE_UP_AFTER_S = 120
+LEAN_PROCESS_ENV = "GATEWAY_LEAN_PROCESS"
+WRITER_SETTINGS_ENV = "GATEWAY_LOG_WRITER_SETTINGS"  # routing.requestlog.WRITER_SETTINGS_ENV
 
 log = logging.getLogger("routing.logwriter")
 
@@ -33,12 +37,21 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
-    import django
-
-    django.setup()
+    os.environ[LEAN_PROCESS_ENV] = "1"  # llmgateway/__init__.py: no Celery app in this process
+    # No django.setup(): the writer needs the settings and the database layer, not the app
+    # registry, the admin, Channels, Daphne and everything their imports bring (about 40 MB
+    # of a web process that a writer per web process would pay for again; docs/performance.md).
+    # Rows are written with plain SQL (routing/logrows.py).
+    warnings.filterwarnings("ignore", message="Accessing the database during app initialization")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from django.conf import settings
     from django.db import connections
 
+    handed_down = os.environ.pop(WRITER_SETTINGS_ENV, None)  # by routing.requestlog: see writer_settings
+    if handed_down:
+        configured = json.loads(handed_down)
+        configured["DATABASES"]["default"].pop("TEST", None)
+        settings.configure(**configured)
     if args.database_name:
         connections["default"].settings_dict["NAME"] = args.database_name
     return Writer(sys.stdin.buffer.raw, settings.GATEWAY_LOG_QUEUE_MAX,
@@ -54,7 +67,7 @@ class Writer:
         self.lost = 0
 
     def run(self) -> int:
-        from .requestlog import read_batch
+        from .logentries import read_batch
 
         open_until = None  # once the input has ended: when to give up on the database
         backoff = 0.0
@@ -89,7 +102,8 @@ class Writer:
         """Write what is pending; False if the database is unavailable (the rows are kept)."""
         from django.db import InterfaceError, OperationalError, connections
 
-        from .requestlog import BATCH_SIZE, write_rows
+        from .logentries import BATCH_SIZE
+        from .logrows import write_rows
 
         while self.pending:
             batch = [self.pending[i] for i in range(min(BATCH_SIZE, len(self.pending)))]
@@ -110,7 +124,7 @@ class Writer:
 
     def _ack(self, count: int) -> None:
         if self.acks is not None:
-            from .requestlog import _FRAME_HEADER
+            from .logentries import _FRAME_HEADER
 
             try:
                 self.acks.write(_FRAME_HEADER.pack(count))
@@ -121,7 +135,7 @@ class Writer:
         """Rows are unique by request id, so writing some of them again is harmless."""
         from django.db import InterfaceError, OperationalError
 
-        from .requestlog import write_minimal_row, write_rows
+        from .logrows import write_minimal_row, write_rows
 
         for entry in batch:
             try:

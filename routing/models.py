@@ -154,3 +154,29 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return self.request_id
+
+
+class RefusedTraffic(models.Model):
+    """Requests refused before their key was known (no key, a wrong key, an address refused
+    for its failures, an unknown path), counted per client IP, reason, endpoint and minute.
+    Junk traffic at any rate adds a handful of these rows a minute instead of a request-log
+    row each."""
+
+    minute = models.DateTimeField(_("minute"), db_index=True)
+    client_ip = models.CharField(_("client IP"), max_length=64)
+    reason = models.CharField(_("reason"), max_length=60)
+    endpoint = models.CharField(_("endpoint"), max_length=40)
+    count = models.PositiveIntegerField(_("requests"))
+    first_seen = models.DateTimeField(_("first seen"))
+    last_seen = models.DateTimeField(_("last seen"))
+
+    class Meta:
+        ordering = ["-minute", "-count"]
+        verbose_name = _("refused traffic")
+        verbose_name_plural = _("refused traffic")
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "client_ip", "reason", "endpoint"], name="refused_per_minute"),
+        ]
+
+    def __str__(self):
+        return f"{self.client_ip} {self.reason} ×{self.count}"

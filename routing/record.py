@@ -108,6 +108,17 @@ class RequestRecord:
     def fail(self, error: GatewayError) -> None:
         self.end(error=error)
 
+    def refuse(self, error: GatewayError) -> None:
+        """End a request refused before its key was known: counted per client IP, reason,
+        endpoint and minute (a RefusedTraffic row), never a request-log row of its own, so
+        that junk traffic at any rate adds a handful of rows a minute."""
+        if self.ended:
+            return
+        self.ended = True
+        entry = self.log
+        requestlog.queue.count_refusal(entry.client_ip or "", (error.log_message or error.kind)[:60], entry.endpoint,
+                                       entry.started_at)
+
     async def abandon(self) -> None:
         """The handler is done with the request: close what is open, end what is not ended."""
         upstream, self.upstream = self.upstream, None

@@ -14,76 +14,27 @@ the pipe fills, and the gateway's own queue holds the rest up to GATEWAY_LOG_QUE
 Past that, new rows are dropped, counted and reported.
 """
 import atexit
-import json
 import logging
-import operator
 import os
-import pickle
 import select
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connections
 
-from providers import tokens
-from providers.adapters.base import Usage
-from providers.wire import CODECS
-
-from .snapshot import Price
+# The entries and their framing live in a Django-free module, the row writing in a
+# model-free one, both for the writer process; importable from here as before.
+from .logentries import (BATCH_SIZE, _FRAME_HEADER, LogEntry, Price, RefusalCount,  # noqa: F401
+                         encode_batch, read_batch)
+from .logrows import add_refusals, truncated_json, write_minimal_row, write_rows  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500
 WRITER_EXIT_WAIT_S = 60  # at exit, how long the gateway waits for its writer to finish
-_FRAME_HEADER = struct.Struct(">I")
-
-
-@dataclass(slots=True)
-class LogEntry:
-    """One request as the hot path saw it; the writer process turns it into a RequestLog row."""
-
-    request_id: str
-    started_at: float  # epoch seconds
-    endpoint: str
-    client_ip: str | None = None
-    virtual_key_id: int | None = None
-    model_requested: str = ""
-    route: str = ""
-    provider: str = ""
-    upstream_model: str = ""
-    stream: bool = False
-    status: int = 0
-    latency_ms: float | None = None
-    ttfb_ms: float | None = None
-    overhead_ms: float | None = None
-    attempts: int = 0
-    price: Price | None = None
-    error_kind: str = ""
-    error_message: str = ""
-    # What the writer works usage and logged bodies out from, in its own process:
-    usage: Usage | None = None  # when already known (else read from the answer by the writer)
-    wire: str = ""  # the wire format (providers.wire.CODECS key) of `response` and `stream_events`
-    response: bytes | None = None  # a non-streamed answer, as the upstream sent it
-    stream_events: list[bytes] | None = None  # a stream's content events (raw SSE)
-    body: dict | None = None  # the request as it went upstream, for estimates and logged bodies
-    log_bodies: bool = False  # the key's setting: store request and response text
-    diagnostics: list[str] | None = None  # what translation dropped (field: reason)
-    note: str = ""  # what routing or accounting decided worth knowing (a session moved, an unpriced model)
-
-    def __reduce__(self):
-        # Pickled as a plain tuple: the dataclass default looks its fields up for every entry.
-        return LogEntry, _entry_values(self)
-
-
-_entry_values = operator.attrgetter(*LogEntry.__slots__)
 
 
 class RequestLogQueue:
@@ -102,6 +53,10 @@ class RequestLogQueue:
         # this one dies before writing them.
         self.unacked: deque[LogEntry] = deque()
         self._acks = b""
+        # Refusals counted since the last hand-over, by (minute, ip, reason, endpoint). They
+        # share the queue's bound: a spray from many addresses cannot grow it without end.
+        self.refusals: dict[tuple, RefusalCount] = {}
+        self._refusals_lock = threading.Lock()  # taken on the event loop and by the sender
 
     def record(self, entry: LogEntry) -> None:
         if len(self.entries) >= self.max_size:
@@ -114,6 +69,30 @@ class RequestLogQueue:
         self.entries.append(entry)
         if self._sender is None:
             self._start_sender()
+
+    def count_refusal(self, client_ip: str, reason: str, endpoint: str, at: float) -> None:
+        """Count a request refused before its key was known (see RequestRecord.refuse)."""
+        minute = int(at // 60)
+        key = (minute, client_ip, reason, endpoint)
+        with self._refusals_lock:
+            counted = self.refusals.get(key)
+            if counted is not None:
+                counted.count += 1
+                counted.last_seen = at
+                return
+            if len(self.refusals) + len(self.entries) >= self.max_size:
+                self.dropped += 1
+                return
+            self.refusals[key] = RefusalCount(minute, client_ip, reason, endpoint, 1, at, at)
+        if self._sender is None:
+            self._start_sender()
+
+    def _take_refusals(self) -> None:
+        """Move what was counted in this flush window into the queue, one item per key."""
+        if self.refusals:
+            with self._refusals_lock:
+                counted, self.refusals = self.refusals, {}
+            self.entries.extend(counted.values())
 
     def _start_sender(self) -> None:
         self._sender = threading.Thread(target=self._send_forever, name="requestlog-sender", daemon=True)
@@ -137,6 +116,7 @@ class RequestLogQueue:
     def _hand_over(self) -> None:
         """Send everything queued to the writer (blocks while the writer is behind)."""
         self._read_acks()
+        self._take_refusals()
         while self.entries:
             batch = [self.entries.popleft() for _ in range(min(BATCH_SIZE, len(self.entries)))]
             try:
@@ -187,7 +167,8 @@ class RequestLogQueue:
                  "--database-name", str(connections["default"].settings_dict["NAME"])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=settings.BASE_DIR, start_new_session=True,
                 env={**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE",
-                                                                              "llmgateway.settings")},
+                                                                              "llmgateway.settings"),
+                     WRITER_SETTINGS_ENV: writer_settings()},
             )
         return self._writer.stdin
 
@@ -213,164 +194,20 @@ class RequestLogQueue:
             log.error("request log writer still busy after %d s; leaving it to finish", WRITER_EXIT_WAIT_S)
 
 
-def encode_batch(batch: list[LogEntry]) -> bytes:
-    """A batch as it goes down the pipe: its length, then the pickled entries."""
-    payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-    return _FRAME_HEADER.pack(len(payload)) + payload
+# The settings the writer needs, handed down so that it need not import the settings module
+# (and with it the Redis client and more: about 15 MB of the writer's 40; docs/performance.md).
+WRITER_SETTINGS_ENV = "GATEWAY_LOG_WRITER_SETTINGS"
 
 
-def read_batch(stream) -> list[LogEntry] | None:
-    """The next batch handed over on `stream` (an unbuffered binary file), None at its end."""
-    header = _read_exactly(stream, _FRAME_HEADER.size)
-    if header is None:
-        return None
-    (size,) = _FRAME_HEADER.unpack(header)
-    payload = _read_exactly(stream, size)
-    if payload is None:
-        raise EOFError("request log batch cut short")
-    return pickle.loads(payload)
+def writer_settings() -> str:
+    import json
 
-
-def _read_exactly(stream, size: int) -> bytes | None:
-    chunks, missing = [], size
-    while missing:
-        chunk = stream.read(missing)
-        if not chunk:
-            if missing == size:
-                return None
-            raise EOFError("request log batch cut short")
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
-
-
-def write_rows(batch: list[LogEntry]) -> None:
-    from .models import RequestLog
-
-    RequestLog.objects.bulk_create([_row(e) for e in batch], ignore_conflicts=True)
-
-
-def write_minimal_row(e: LogEntry) -> None:
-    """The row of an entry whose full row cannot be stored: what happened, without bodies."""
-    from .models import RequestLog
-
-    RequestLog.objects.bulk_create([RequestLog(
-        request_id=e.request_id, created_at=datetime.fromtimestamp(e.started_at, tz=timezone.utc),
-        endpoint=_clean(e.endpoint)[0][:40], status=e.status, attempts=e.attempts, stream=e.stream,
-        virtual_key_id=e.virtual_key_id, error_kind=_clean(e.error_kind)[0][:40], sanitized=True,
-        error_message="This row could not be stored in full; its bodies and details were dropped.",
-    )], ignore_conflicts=True)
-
-
-def _clean(text: str) -> tuple[str, bool]:
-    """Text any database can store: no lone surrogates (an escaped "\\ud800" in a client's
-    JSON), no NUL characters (PostgreSQL refuses them). Returns the text and whether it changed."""
-    changed = False
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "replace").decode("utf-8")
-            changed = True
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-        changed = True
-    return text, changed
-
-
-def _row(e: LogEntry):
-    from .models import RequestLog
-
-    usage, estimated = _resolve_usage(e)
-    texts = [_clean(value) for value in (
-        *_logged_bodies(e), e.error_message[:2000], e.model_requested[:200], e.route, e.provider, e.upstream_model)]
-    request_body, response_body, error_message, model_requested, route, provider, upstream_model = (
-        text for text, _ in texts)
-    cost = None
-    if e.price is not None and usage is not None:
-        cost = Decimal(repr(round(e.price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens), 8)))
-    return RequestLog(
-        request_id=e.request_id,
-        created_at=datetime.fromtimestamp(e.started_at, tz=timezone.utc),
-        endpoint=e.endpoint,
-        virtual_key_id=e.virtual_key_id,
-        model_requested=model_requested,
-        route=route,
-        provider=provider,
-        upstream_model=upstream_model,
-        stream=e.stream,
-        status=e.status,
-        latency_ms=_round(e.latency_ms),
-        ttfb_ms=_round(e.ttfb_ms),
-        overhead_ms=_round(e.overhead_ms),
-        attempts=e.attempts,
-        input_tokens=usage.input_tokens if usage else 0,
-        output_tokens=usage.output_tokens if usage else 0,
-        cached_tokens=usage.cached_tokens if usage else 0,
-        tokens_estimated=estimated,
-        cost_usd=cost,
-        client_ip=e.client_ip,
-        error_kind=e.error_kind,
-        error_message=error_message,
-        request_body=request_body,
-        response_body=response_body,
-        sanitized=any(changed for _, changed in texts),
-        diagnostics=_clean("\n".join(e.diagnostics))[0][:4000] if e.diagnostics else "",
-        note=e.note[:200],
-    )
-
-
-def _resolve_usage(e: LogEntry) -> tuple[Usage | None, bool]:
-    """The upstream's usage, else a tiktoken estimate (flagged), else None."""
-    if e.usage is not None:
-        return e.usage, False
-    codec = CODECS.get(e.wire)
-    if codec is None:
-        return None, False
-    if e.response is not None:
-        usage = codec.usage_from_answer(e.response)
-    elif e.stream_events is not None:
-        usage = codec.usage_from_events(e.stream_events)
-    else:
-        usage = None
-    if usage is not None:
-        return usage, False
-    if e.body is None or (e.response is None and e.stream_events is None):
-        return None, False
-    model = e.upstream_model or e.model_requested
-    return Usage(
-        input_tokens=tokens.count_prompt_tokens(e.body, model),
-        output_tokens=tokens.count_completion_tokens(_output_text(e, codec), model),
-    ), True
-
-
-def _output_text(e: LogEntry, codec) -> str:
-    if e.response is not None:
-        return codec.text_from_answer(e.response)
-    return codec.text_from_events(e.stream_events or [])
-
-
-def _logged_bodies(e: LogEntry) -> tuple[str, str]:
-    if not e.log_bodies:
-        return "", ""
-    limit = settings.GATEWAY_LOG_BODY_MAX_CHARS
-    request = truncated_json(e.body, limit) if e.body is not None else ""
-    if e.stream_events is not None and e.wire in CODECS:
-        response = truncated_json(CODECS[e.wire].text_from_events(e.stream_events), limit)
-    elif e.response is not None:
-        response = truncated_json(e.response.decode("utf-8", "replace"), limit)
-    else:
-        response = ""
-    return request, response
-
-
-def _round(value):
-    return round(value, 2) if value is not None else None
-
-
-def truncated_json(value, limit: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[:limit] + "…[truncated]"
+    return json.dumps({
+        "DATABASES": {"default": connections["default"].settings_dict},
+        "USE_TZ": settings.USE_TZ, "TIME_ZONE": settings.TIME_ZONE,
+        "GATEWAY_LOG_QUEUE_MAX": settings.GATEWAY_LOG_QUEUE_MAX,
+        "GATEWAY_LOG_BODY_MAX_CHARS": settings.GATEWAY_LOG_BODY_MAX_CHARS,
+    }, default=str)
 
 
 queue = RequestLogQueue(settings.GATEWAY_LOG_QUEUE_MAX)

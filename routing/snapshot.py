@@ -21,6 +21,8 @@ from keys.auth import key_entry
 from llmgateway.redis import async_client, sync_client, warn_unreachable
 from providers.adapters import ADAPTERS
 
+from .logentries import Price  # noqa: F401  (defined there: the log writer reads prices without this module)
+
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "gw:config_version"
@@ -51,19 +53,6 @@ class ProviderEntry:
     keys: tuple[ProviderKeyEntry, ...]
     unusable: str = ""  # why the provider must not be called (e.g. its keys cannot be decrypted)
     native_responses: bool = False  # an OpenAI-compatible upstream that also serves /responses
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """Dollars per million tokens."""
-
-    input: float
-    output: float
-    cached_input: float
-
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        uncached = max(input_tokens - cached_tokens, 0)
-        return (uncached * self.input + cached_tokens * self.cached_input + output_tokens * self.output) / 1e6
 
 
 @dataclass(frozen=True, slots=True)

