@@ -5,7 +5,7 @@ from django.http import HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
-from keys.auth import authenticate
+from keys.auth import authenticate_request
 from providers.wire import CODECS
 from routing.api import router
 from routing.endpoints import ENDPOINTS, endpoint_at
@@ -34,7 +34,7 @@ def begin_record(request) -> RequestRecord:
 
 
 class VirtualKeyAuth:
-    """Finds the request's virtual key in the snapshot; raises GatewayError when it can't."""
+    """Finds the request's virtual key (keys/lookup.py); raises GatewayError when it can't."""
 
     async def __call__(self, request):
         record = begin_record(request)
@@ -49,13 +49,14 @@ class VirtualKeyAuth:
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
                                      headers={"Retry-After": "1"})
+        gateway = runtime.current()
         try:
-            request.auth_snapshot = snapshot = await runtime.current().snapshot()
+            request.auth_snapshot = await gateway.snapshot()
         except Exception as exc:  # retried by the next request; /readyz says not ready meanwhile
             log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
             raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
                                      code="not_ready", headers={"Retry-After": "1"}) from None
-        record.key = key = authenticate(request.META, snapshot.keys_by_hash)
+        record.key = key = await authenticate_request(request.META, gateway.keeper.keys)
         record.log.virtual_key_id = key.id
         return key
 

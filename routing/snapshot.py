@@ -5,6 +5,10 @@ signals.py). Each gateway process polls that counter in the background and, when
 moves, rebuilds the snapshot from the database in a worker thread and swaps it in
 with one assignment. Requests never wait for the database, except the very first one
 in a process.
+
+Virtual keys are not in the snapshot: 100,000 of them made it slow to build, large, and
+rebuilt whole for any key's change. They are looked up on demand through the keeper's
+KeyCache (keys/lookup.py), which the same poller keeps in step with key changes.
 """
 import asyncio
 import logging
@@ -17,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from keys.auth import key_entry
+from keys.lookup import KeyCache
 from llmgateway.redis import async_client, sync_client, warn_unreachable
 from providers.adapters import ADAPTERS
 
@@ -104,7 +108,6 @@ class RouteEntry:
 class Snapshot:
     version: str
     built_at: float
-    keys_by_hash: MappingProxyType  # key hash -> KeyEntry
     routes_by_name: MappingProxyType  # name or alias -> RouteEntry
     routes: tuple[RouteEntry, ...]
     unusable_providers: tuple[str, ...] = ()  # names of providers that must not be called
@@ -134,7 +137,6 @@ def _catalog_fields(entry) -> dict:
 
 def build_snapshot(version: str = "") -> Snapshot:
     """Read the whole configuration from the database (synchronous: call it in a thread)."""
-    from keys.models import VirtualKey
     from providers.models import CatalogEntry, Provider
 
     from .models import Route
@@ -188,11 +190,7 @@ def build_snapshot(version: str = "") -> Snapshot:
         for name in (*entry.aliases, entry.name):  # a route's own name wins over another's alias
             by_name[name] = entry
 
-    keys = {}
-    for vk in VirtualKey.objects.prefetch_related("allowed_routes"):
-        keys[vk.key_hash] = key_entry(vk, [r.pk for r in vk.allowed_routes.all()])
-
-    return Snapshot(version=version, built_at=time.monotonic(), keys_by_hash=MappingProxyType(keys),
+    return Snapshot(version=version, built_at=time.monotonic(),
                     routes_by_name=MappingProxyType(by_name), routes=tuple(routes),
                     unusable_providers=tuple(p.name for p in providers.values() if p.unusable))
 
@@ -218,10 +216,13 @@ def bump_config_version() -> None:
 
 
 class SnapshotKeeper:
-    """Holds the current snapshot of one event loop's runtime and keeps it fresh."""
+    """Holds the current snapshot and the key cache of one event loop's runtime, and keeps
+    both fresh."""
 
     def __init__(self):
         self.current: Snapshot | None = None
+        self.keys = KeyCache()
+        self.builds = 0  # snapshots built by this keeper (for tests and the bench)
         self._poller: asyncio.Task | None = None
         self._first_load: asyncio.Future | None = None
         self._pinned = False
@@ -272,6 +273,7 @@ class SnapshotKeeper:
         return value.decode() if value else "0"
 
     async def _rebuild(self, version: str) -> Snapshot:
+        self.builds += 1
         snapshot = await sync_to_async(_build_in_thread, thread_sensitive=False)(version)
         self.current = snapshot
         return snapshot
@@ -279,6 +281,12 @@ class SnapshotKeeper:
     async def _poll(self):
         while True:
             await asyncio.sleep(settings.GATEWAY_SNAPSHOT_POLL_S)
+            try:
+                await self.keys.follow_changes(async_client())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # cached keys stay until Redis answers (or their TTL ends)
+                warn_unreachable(exc, "virtual key changes reach this process when it answers again")
             try:
                 version = await self._read_version()
                 current = self.current
