@@ -44,6 +44,26 @@ class KeyEntry:
         return self.allowed_route_ids is None or route_id in self.allowed_route_ids
 
 
+def key_entry(vk, allowed_route_ids) -> KeyEntry:
+    """The entry for a VirtualKey row (keys/lookup.py reads rows as values, not models)."""
+    return KeyEntry(
+        id=vk.pk,
+        name=vk.name,
+        prefix=vk.prefix,
+        key_hash=vk.key_hash,
+        enabled=vk.enabled,
+        expires_at=vk.expires_at.timestamp() if vk.expires_at else None,
+        allowed_route_ids=None if vk.all_models else frozenset(allowed_route_ids),
+        rpm=vk.rpm,
+        tpm=vk.tpm,
+        budget_usd=vk.budget_usd,
+        budget_period=vk.budget_period,
+        log_bodies=vk.log_bodies,
+        unpriced_policy=vk.unpriced_policy,
+        is_monitoring=vk.is_monitoring,
+    )
+
+
 def presented_key(meta) -> str | None:
     """The key from `Authorization: Bearer …`, `api-key` or `x-api-key`, read from the
     request's META (request.headers would build a whole header map for this)."""

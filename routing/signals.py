@@ -29,7 +29,7 @@ def _remember_old_hash(sender, instance, **kwargs):
 
 
 def _on_key_change(sender, instance, **kwargs):
-    key_changed_after_commit(instance.key_hash, getattr(instance, "_stored_key_hash", None))
+    key_changed_after_commit(instance.key_hash, instance.__dict__.pop("_stored_key_hash", None))
 
 
 def _on_key_routes_change(sender, instance, action, reverse, pk_set, **kwargs):
