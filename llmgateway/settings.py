@@ -192,7 +192,7 @@ GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
 # Virtual keys are looked up on demand (keys/lookup.py): how many known keys a process keeps,
 # how long (a backstop: changes are pushed through Redis), and how many hashes that match no
 # key it remembers, for how long (junk keys then cost one query per hash per TTL).
-GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=20_000)
+GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=10_000)
 GATEWAY_KEY_CACHE_TTL_S = env.float("GATEWAY_KEY_CACHE_TTL_S", default=300.0)
 GATEWAY_KEY_NEGATIVE_CACHE_SIZE = env.int("GATEWAY_KEY_NEGATIVE_CACHE_SIZE", default=10_000)
 GATEWAY_KEY_NEGATIVE_TTL_S = env.float("GATEWAY_KEY_NEGATIVE_TTL_S", default=30.0)

@@ -14,7 +14,10 @@ import asyncio
 import gc
 import logging
 import re
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -319,14 +322,41 @@ def _build_in_thread(version: str) -> Snapshot:
     close_old_connections()
     # No garbage collection while building: a build allocates thousands of objects, enough to
     # set off a full collection, which then runs in this thread holding the GIL over every
-    # object of the process and stalls the event loop (p99 loop lag 57 -> 20 ms measured by
-    # bench/keys_scale.py on a loaded machine). What the build drops is freed by refcounting.
+    # object of the process and stalls the event loop (see bench/keys_scale.py). What the build
+    # drops is freed by refcounting.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return build_snapshot(version)
+        with _short_gil_turns():
+            return build_snapshot(version)
     finally:
         if collecting:
             gc.enable()
         close_old_connections()
+
+
+# While a build holds the GIL, the event loop waits up to the switch interval (5 ms by default)
+# each time it wants the GIL back, after every socket call: a request could wait that long
+# several times over. Shorter turns while a build runs bound each wait to BUILD_SWITCH_INTERVAL_S.
+BUILD_SWITCH_INTERVAL_S = 0.0005
+_builds_running = 0
+_builds_lock = threading.Lock()
+_normal_switch_interval = sys.getswitchinterval()
+
+
+@contextmanager
+def _short_gil_turns():
+    global _builds_running, _normal_switch_interval
+    with _builds_lock:
+        if _builds_running == 0:
+            _normal_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(BUILD_SWITCH_INTERVAL_S)
+        _builds_running += 1
+    try:
+        yield
+    finally:
+        with _builds_lock:
+            _builds_running -= 1
+            if _builds_running == 0:
+                sys.setswitchinterval(_normal_switch_interval)
 
