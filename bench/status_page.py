@@ -7,8 +7,10 @@ It uses a fresh SQLite database in a temporary DATA_DIR and an embedded Redis (t
 limit counts every request), writes runs and their 5-minute rollups in bulk (as the monitor
 would have written them, one rollup per run at a 5-minute interval), computes each target's
 summary the way a new run does, then times GET /status, the htmx fragment and
-/public/health/targets through Django's full request stack in this process. The target: the
-page's median under 200 ms. Everything it starts is stopped on exit.
+/public/health/targets through Django's full request stack in this process. /status is timed
+twice: "cold", with the cached cards invalidated before every request (as if a run had just
+landed: the cards are rebuilt from the rollups), and as served from that cache. The target:
+the page's median under 200 ms, cold. Everything it starts is stopped on exit.
 """
 import argparse
 import os
@@ -31,13 +33,17 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--keep", metavar="DIR", help="keep the generated data in DIR and reuse it next time")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="status-bench-"))
+    data_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="status-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    populated = data_dir / "populated"
     os.environ["DATA_DIR"] = str(data_dir)
     os.environ.pop("DATABASE_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmgateway.settings")
     os.environ["HEALTH_PUBLIC_RPM"] = "1000000"
+    os.environ["HEALTH_STATUS_STALE_S"] = "0"  # a cold request really rebuilds
     redis_proc = None
     try:
         from llmgateway.management.commands.serve import start_embedded_redis
@@ -50,10 +56,16 @@ def main() -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        started = time.perf_counter()
-        runs = populate(args.targets, args.days)
-        print(f"populated {args.targets} targets, {runs} runs and rollups in {time.perf_counter() - started:.1f} s")
+        if populated.exists():
+            print(f"reusing the data in {data_dir}")
+        else:
+            started = time.perf_counter()
+            runs = populate(args.targets, args.days)
+            populated.touch()
+            print(f"populated {args.targets} targets, {runs} runs and rollups in {time.perf_counter() - started:.1f} s")
         results = {
+            "/status (cold)": time_get("/status", args.requests, cold=True),
+            "/status (htmx fragment, cold)": time_get("/status", args.requests, cold=True, HTTP_HX_REQUEST="true"),
             "/status": time_get("/status", args.requests),
             "/status (htmx fragment)": time_get("/status", args.requests, HTTP_HX_REQUEST="true"),
             "/public/health/targets": time_get("/public/health/targets", args.requests),
@@ -62,16 +74,17 @@ def main() -> int:
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(5)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
-    print(f"{'path':28} {'median':>9} {'p95':>9} {'max':>9}")
+    print(f"{'path':32} {'median':>9} {'p95':>9} {'max':>9}")
     for path, times in results.items():
         times.sort()
         p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
-        print(f"{path:28} {statistics.median(times):8.1f}ms {p95:8.1f}ms {times[-1]:8.1f}ms")
-    median = statistics.median(results["/status"])
+        print(f"{path:32} {statistics.median(times):8.1f}ms {p95:8.1f}ms {times[-1]:8.1f}ms")
+    median = statistics.median(results["/status (cold)"])
     verdict = "met" if median < TARGET_MS else "MISSED"
-    print(f"target: /status median under {TARGET_MS:.0f} ms: {verdict}")
+    print(f"target: /status (cold) median under {TARGET_MS:.0f} ms: {verdict}")
     return 0 if median < TARGET_MS else 1
 
 
@@ -121,13 +134,17 @@ def populate(n_targets: int, days: int) -> int:
     return total
 
 
-def time_get(path: str, n: int, **headers) -> list[float]:
+def time_get(path: str, n: int, cold: bool = False, **headers) -> list[float]:
     from django.test import Client
+
+    from healthcheck.status import bump_generation
 
     client = Client(HTTP_HOST="localhost")
     assert client.get(path, **headers).status_code == 200  # warm up
     times = []
     for _ in range(n):
+        if cold:
+            bump_generation()  # what a new run does: the next request rebuilds the cards
         started = time.perf_counter()
         response = client.get(path, **headers)
         times.append((time.perf_counter() - started) * 1000)

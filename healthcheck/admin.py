@@ -74,6 +74,6 @@ class HealthIncidentAdmin(ReadOnlyAdmin):
 
 @admin.register(HealthRollup)
 class HealthRollupAdmin(ReadOnlyAdmin):
-    list_display = ["target", "bucket", "runs", "failures"]
+    list_display = ["target", "bucket", "runs", "live", "failures"]
     list_filter = ["target"]
     list_select_related = ["target"]

@@ -14,12 +14,19 @@ DEFAULTS = {
     # Hysteresis of the down flag routing reads (see routing_state.py).
     "HEALTH_DOWN_AFTER": lambda: _env.int("HEALTH_DOWN_AFTER", default=2),
     "HEALTH_UP_AFTER": lambda: _env.int("HEALTH_UP_AFTER", default=2),
-    # One bar of the status page's 24-hour strip covers this many minutes (a multiple of 5).
-    "HEALTH_STRIP_BAR_MINUTES": lambda: _env.int("HEALTH_STRIP_BAR_MINUTES", default=60),
+    # One bar of the status page's 24-hour strip covers this many minutes (a multiple of 5);
+    # 0: one bar per probe interval, rounded to the 5-minute rollup bucket.
+    "HEALTH_STRIP_BAR_MINUTES": lambda: _env.int("HEALTH_STRIP_BAR_MINUTES", default=0),
+    # A rendering of the status cards is served again until something it shows changes, and
+    # for at most this many seconds after a change (so a busy monitor does not make every
+    # page view rebuild it).
+    "HEALTH_STATUS_STALE_S": lambda: _env.float("HEALTH_STATUS_STALE_S", default=10.0),
     # The public API: requests per minute per client IP, and the proxies whose
     # X-Forwarded-For is believed (IP addresses or CIDR networks).
     "HEALTH_PUBLIC_RPM": lambda: _env.int("HEALTH_PUBLIC_RPM", default=60),
     "HEALTH_TRUSTED_PROXIES": lambda: _env.list("HEALTH_TRUSTED_PROXIES", default=[]),
+    # How often live traffic's request-log rows are folded into the rollups (live.py).
+    "HEALTH_LIVE_FOLD_EVERY_S": lambda: _env.float("HEALTH_LIVE_FOLD_EVERY_S", default=15.0),
     # How often the open status page refreshes its cards.
     "HEALTH_STATUS_REFRESH_S": lambda: _env.int("HEALTH_STATUS_REFRESH_S", default=60),
     # How long browsers and proxies may cache public answers.

@@ -19,6 +19,8 @@ class MonitoringSettings(models.Model):
     monitoring_key = models.OneToOneField(
         "keys.VirtualKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
+    # The last request-log row folded into rollups as live traffic (healthcheck/live.py).
+    live_log_cursor = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         verbose_name = verbose_name_plural = "monitoring settings"
@@ -32,6 +34,11 @@ class MonitoringSettings(models.Model):
 
     def save(self, *args, **kwargs):
         self.pk = 1
+        if kwargs.get("update_fields") is None and not self._state.adding:
+            # The cursor moves only by the live-traffic fold's conditional update: a form saved
+            # from an older read must not move it back (its rows would be counted twice).
+            kwargs["update_fields"] = [f.name for f in self._meta.concrete_fields
+                                       if f.name not in ("id", "live_log_cursor")]
         with transaction.atomic():
             if self.enabled and self.monitoring_key_id is None:
                 # First time on: the monitor gets its own key. Off keeps it, so on again reuses it.
@@ -73,6 +80,10 @@ class HealthTarget(models.Model):
     # Kept as runs arrive, so pages never scan runs.
     state = models.CharField(max_length=10, default="unknown", editable=False)
     summary = models.JSONField(default=dict, blank=True, editable=False)
+    # Kept for the status page's strip as runs arrive (rollups.keep_strip): its coloured
+    # segments, and the last 25 hours of rollups per bucket to cut bars of another size from.
+    strip_segments = models.JSONField(default=dict, blank=True, editable=False)
+    strip_cells = models.JSONField(default=dict, blank=True, editable=False)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     consecutive_successes = models.PositiveIntegerField(default=0, editable=False)
@@ -133,7 +144,8 @@ class HealthRollup(models.Model):
 
     target = models.ForeignKey(HealthTarget, on_delete=models.CASCADE, related_name="rollups")
     bucket = models.IntegerField(help_text="Epoch seconds // 300.")
-    runs = models.PositiveIntegerField(default=0)
+    runs = models.PositiveIntegerField(default=0, help_text="Probe runs and live requests.")
+    live = models.PositiveIntegerField(default=0, help_text="How many of the runs were clients' requests.")
     failures = models.PositiveIntegerField(default=0)
     latency_sum_ms = models.FloatField(default=0)
     # Latency histogram {bin: count} over fixed log-spaced bins (see rollups.py), and

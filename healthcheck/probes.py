@@ -101,7 +101,7 @@ async def _tiny_completion(spec: ProbeSpec, snapshot: Snapshot, key: KeyEntry, s
     status, content, log = await call_pipeline(body, snapshot, key, seen)
     result = ProbeResult(ok=False, status_code=status, request_id=log.request_id, ttfb_ms=log.ttfb_ms)
     if status >= 400:
-        result.error_kind = _pipeline_error_kind(status, log.error_kind, log.error_message)
+        result.error_kind = pipeline_error_kind(status, log.error_kind, log.error_message)
         result.error_message = log.error_message or _error_text(content)
         return result
     try:
@@ -209,7 +209,7 @@ _PIPELINE_KINDS = {
 }
 
 
-def _pipeline_error_kind(status: int, kind: str, detail: str) -> str:
+def pipeline_error_kind(status: int, kind: str, detail: str) -> str:
     if kind == "upstream_connect":
         # The request log's detail tells a name that did not resolve from a refused connection.
         return "dns_error" if "not resolved" in detail else "connection_refused"
@@ -287,7 +287,18 @@ async def probe(spec: ProbeSpec, key_id: int) -> ProbeResult:
         key = await sync_to_async(load_key, thread_sensitive=False)(key_id=key_id)  # keys are not in snapshots
         if key is None:
             return ProbeResult(ok=False, error_kind="exception", error_message="The monitoring key is not configured.")
-        return await run_probe(spec, snapshot, key)
+        result = await run_probe(spec, snapshot, key)
+        await _let_reports_go()
+        return result
+
+
+async def _let_reports_go(timeout_s: float = 2.0) -> None:
+    """The pipeline sends a request's routing report (a good answer closing an open circuit,
+    latency averages) from a background task after the answer. A task's own loop ends when
+    the probe returns: let those tasks finish first, or the report is cancelled with the loop."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=timeout_s)
 
 
 def _current_snapshot() -> Snapshot:

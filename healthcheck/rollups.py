@@ -5,6 +5,7 @@ Latency percentiles come from a fixed log-spaced histogram (bins 25% wide), so a
 is a sum of rollups and a percentile is accurate to one bin.
 """
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -21,6 +22,9 @@ WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta
 # Latency bins: bin 0 holds <= 10 ms, bin i holds (10·1.25^(i-1), 10·1.25^i] ms.
 BIN_BASE_MS = 10.0
 BIN_RATIO = 1.25
+# Buckets the strip keeps per target: 24 h, and an hour more so the oldest of hour-long bars
+# is whole.
+STRIP_CELLS = 25 * 12
 DEGRADED_BELOW = 0.20  # error share in the last hour under which a target is degraded, not down
 
 
@@ -91,7 +95,7 @@ def record_run(run: HealthRun) -> HealthTarget:
         rollup.save()
 
         now = timezone.now()
-        summary = summarize(target.pk, now)
+        summary = refresh_summary(target, now)
         _record_spend(target, run, now)
         target.summary = summary
         target.last_run_at = max(run.started_at, target.last_run_at or run.started_at)
@@ -101,20 +105,35 @@ def record_run(run: HealthRun) -> HealthTarget:
         else:
             target.consecutive_successes += 1
             target.consecutive_failures = 0
-        _change_state(target, summary["state"], run.started_at)
-        target.save(update_fields=["summary", "last_run_at", "state", "consecutive_failures",
+        change_state(target, summary["state"], run.started_at)
+        target.save(update_fields=["summary", "strip_segments", "strip_cells", "last_run_at", "state", "consecutive_failures",
                                    "consecutive_successes", "spend_month", "spend_month_usd", "spend_total_usd"])
+        changed_pages()
     return target
 
 
-def summarize(target_id: int, now: datetime) -> dict:
-    """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only."""
+def changed_pages() -> None:
+    """Cached status renderings are stale once the change is committed (saving the target
+    already said so, but a page built in between would have read the old rows)."""
+    from .status import bump_generation
+
+    transaction.on_commit(bump_generation)
+
+
+def summarize(target_id: int, now: datetime, strip_into: dict | None = None, per_bar: int = 1) -> dict:
+    """State, availability per window, P50/P95 and error kinds over 24 h, from rollups only.
+    Given `strip_into` (a dict), it gets the strip the target keeps (keep_strip: "segments"
+    and "cells"), `per_bar` buckets a bar."""
     current = bucket_of(now)
-    rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - 24 * 12)
+    rows = list(HealthRollup.objects.filter(target_id=target_id, bucket__gt=current - STRIP_CELLS)
                 .values_list("bucket", "runs", "failures", "latency_bins", "errors"))
+    if strip_into is not None:
+        strip_into["segments"], strip_into["cells"] = keep_strip(rows, current, per_bar)
     bins, errors = {}, {}
     totals = {"1h": [0, 0], "24h": [0, 0]}
     for bucket, runs, failures, latency_bins, error_counts in rows:
+        if bucket <= current - 24 * 12:
+            continue  # kept for the strip only
         merge_counts(bins, latency_bins)
         merge_counts(errors, error_counts)
         totals["24h"][0] += runs
@@ -135,6 +154,18 @@ def summarize(target_id: int, now: datetime) -> dict:
     }
 
 
+def refresh_summary(target: HealthTarget, now: datetime) -> dict:
+    """Recompute the target's summary and kept strip (not saved); the summary."""
+    from .dispatch import interval_of
+    from .models import MonitoringSettings
+
+    per_bar = bar_buckets(interval_of(target, MonitoringSettings.load()))
+    kept = {}
+    target.summary = summarize(target.pk, now, kept, per_bar)
+    target.strip_segments, target.strip_cells = kept["segments"], kept["cells"]
+    return target.summary
+
+
 def _record_spend(target: HealthTarget, run: HealthRun, now: datetime) -> None:
     month = now.strftime("%Y-%m")
     if target.spend_month != month:
@@ -144,7 +175,7 @@ def _record_spend(target: HealthTarget, run: HealthRun, now: datetime) -> None:
         target.spend_total_usd += run.cost_usd
 
 
-def _change_state(target: HealthTarget, state: str, at: datetime) -> None:
+def change_state(target: HealthTarget, state: str, at: datetime) -> None:
     """A change of state closes the open incident, and opens one for degraded or down."""
     if state == target.state:
         return
@@ -162,24 +193,127 @@ def current_state(target: HealthTarget, now: datetime | None = None) -> str:
     return target.state
 
 
-def strip(target_ids: list[int], now: datetime | None = None, hours: int = 24) -> dict[int, list[dict]]:
-    """Per target, one bar per strip interval over the last `hours`: oldest first, with its
-    availability (None: no runs). One grouped query for all targets."""
+def bar_buckets(interval_s: int) -> int:
+    """Rollup buckets per strip bar: one bar per probe interval, rounded to the 5-minute bucket
+    (at least one bucket, at most a day), unless HEALTH_STRIP_BAR_MINUTES fixes the bar size."""
+    fixed = setting("HEALTH_STRIP_BAR_MINUTES")
+    buckets = fixed * 60 // BUCKET_S if fixed else round(interval_s / BUCKET_S)
+    return min(max(buckets, 1), 24 * 3600 // BUCKET_S)
+
+
+@dataclass
+class Strip:
+    """One target's last 24 hours: `bars` bars of `bar_minutes` each, oldest first, drawn as
+    segments of neighbouring bars that share a colour (so a page of 200 strips of 288 bars
+    stays small): each segment {"bars": how many, "state": colour, "label": its time span,
+    "availability": over the segment, None when it had no runs}."""
+
+    bars: int
+    bar_minutes: int
+    segments: list[dict]
+
+
+def bar_state(availability: float | None) -> str:
+    """The colour of a strip bar."""
+    if availability is None:
+        return "unknown"
+    if availability >= 99.9:
+        return "healthy"
+    return "degraded" if availability >= 80 else "down"
+
+
+def keep_strip(rows, current: int, per_bar: int) -> tuple[dict, dict]:
+    """What a target keeps for its strip as runs arrive, so a page of 200 strips reads no
+    rollups and cuts no bars: (segments, cells).
+
+    segments: {"per_bar": buckets a bar, "segments": [[first bar, last bar, state, runs,
+    failures], ...]} over the 24 hours of bars ending at `current`; the page clips them to its
+    own now (strip). cells: {"last": the newest bucket, "cells": [[runs, failures] or 0 per
+    bucket, oldest first, STRIP_CELLS of them]}, to cut bars of another size from."""
+    first = current - STRIP_CELLS + 1
+    cells = [0] * STRIP_CELLS
+    for bucket, runs, failures, *_ in rows:
+        if first <= bucket <= current and runs:
+            cells[bucket - first] = [runs, failures]
+    kept_cells = {"last": current, "cells": cells}
+    segments = _segments(kept_cells, per_bar, current // per_bar, max(24 * 12 // per_bar, 1))
+    return {"per_bar": per_bar, "segments": segments}, kept_cells
+
+
+def _segments(kept: dict, per_bar: int, last_bar: int, count: int) -> list[list]:
+    """Runs of neighbouring bars of one colour: [first bar, last bar, state, runs, failures]."""
+    first_bar = last_bar - count + 1
+    runs, failures = [0] * count, [0] * count
+    cells = kept.get("cells") or ()
+    first_bucket = kept.get("last", 0) - len(cells) + 1
+    for offset, cell in enumerate(cells):
+        if cell:
+            i = (first_bucket + offset) // per_bar - first_bar
+            if 0 <= i < count:
+                runs[i] += cell[0]
+                failures[i] += cell[1]
+    segments = []
+    last = None
+    for i in range(count):
+        state = _state_of_bar(runs[i], failures[i])
+        if last is not None and last[2] == state:
+            last[1] = first_bar + i
+            last[3] += runs[i]
+            last[4] += failures[i]
+        else:
+            last = [first_bar + i, first_bar + i, state, runs[i], failures[i]]
+            segments.append(last)
+    return segments
+
+
+def _state_of_bar(runs: int, failures: int) -> str:
+    """bar_state(availability(runs, failures)), in integers: it runs for every bar of a page."""
+    if not runs:
+        return "unknown"
+    if failures * 1000 <= runs:
+        return "healthy"
+    return "degraded" if failures * 5 <= runs else "down"
+
+
+def strip(kept: dict, per_bar: int, now: datetime | None = None, hours: int = 24, cells=dict) -> Strip:
+    """A target's strip of the last `hours`, `per_bar` buckets a bar, from the segments it keeps
+    (keep_strip), clipped to now, grey after its newest bucket (no run since). No query; only
+    when the bar size changed are bars cut again, from `cells()` (the target's strip_cells)."""
     now = now or timezone.now()
-    per_bar = max(setting("HEALTH_STRIP_BAR_MINUTES") * 60 // BUCKET_S, 1)
     last_bar = bucket_of(now) // per_bar
-    bars = hours * 12 // per_bar
-    first_bar = last_bar - bars + 1
-    rows = (HealthRollup.objects.filter(target_id__in=target_ids, bucket__gte=first_bar * per_bar)
-            .annotate(bar=F("bucket") / per_bar).values("target_id", "bar")
-            .annotate(runs=Sum("runs"), failures=Sum("failures")).order_by())
-    found = {(row["target_id"], row["bar"]): (row["runs"], row["failures"]) for row in rows}
-    starts = [(bar, bucket_start(bar * per_bar)) for bar in range(first_bar, last_bar + 1)]
-    labels = {bar: f"{start:%H:%M}" for bar, start in starts}
-    out = {}
-    for target_id in target_ids:
-        bars = out[target_id] = []
-        for bar, start in starts:
-            runs, failures = found.get((target_id, bar), (0, 0))
-            bars.append({"start": start, "label": labels[bar], "runs": runs, "availability": availability(runs, failures)})
-    return out
+    count = max(hours * 12 // per_bar, 1)
+    first_bar = last_bar - count + 1
+    kept = kept or {}
+    segments = kept.get("segments") if kept.get("per_bar") == per_bar else None
+    if segments is None:
+        segments = _segments(cells() or {}, per_bar, last_bar, count)
+    out = []
+    covered_to = first_bar - 1
+    for first, last, state, runs, failures in segments:
+        if last < first_bar or first > last_bar:
+            continue
+        first, last = max(first, first_bar), min(last, last_bar)
+        if first > covered_to + 1:
+            _add_segment(out, covered_to + 1, first - 1, "unknown", 0, 0, per_bar)
+        _add_segment(out, first, last, state, runs, failures, per_bar)
+        covered_to = last
+    if covered_to < last_bar:
+        _add_segment(out, covered_to + 1, last_bar, "unknown", 0, 0, per_bar)
+    return Strip(count, per_bar * BUCKET_S // 60, out)
+
+
+def _clock(bar: int, per_bar: int) -> str:
+    """HH:MM (UTC) of a bar's start: arithmetic, not strftime, as it runs for every segment."""
+    minutes = bar * per_bar * BUCKET_S // 60 % 1440
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _add_segment(out: list, first: int, last: int, state: str, runs: int, failures: int, per_bar: int) -> None:
+    if out and out[-1]["state"] == state:
+        out[-1]["bars"] += last - first + 1
+        out[-1]["label"] = out[-1]["label"][:5] + "–" + _clock(last + 1, per_bar)
+        return
+    out.append({"bars": last - first + 1, "state": state,
+                "label": f"{_clock(first, per_bar)}–{_clock(last + 1, per_bar)}",
+                # A segment clipped at the strip's start keeps the availability of its whole run.
+                "availability": availability(runs, failures)})

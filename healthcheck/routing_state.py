@@ -1,5 +1,7 @@
 """What the router may read of health, without importing healthcheck: one Redis key per route
-target, `gw:health:target:<route target id>` = "down", set and cleared with hysteresis.
+target, `gw:health:target:<route target id>` = "down" (its name is routing's:
+resilience.health_down_key), set and cleared with hysteresis. The planner reads it in the same
+Redis call as the circuits and tries a flagged target after every other one.
 
 Down after HEALTH_DOWN_AFTER failed probes in a row; back only after HEALTH_UP_AFTER good
 ones in a row, so one lucky probe does not send traffic back to a flapping upstream. The key
@@ -9,17 +11,17 @@ import logging
 
 
 from llmgateway.redis import sync_client
+from routing.resilience import health_down_key
 
 from .conf import setting
 
 log = logging.getLogger(__name__)
 
-KEY = "gw:health:target:{}"
 TTL_INTERVALS = 3
 
 
 def target_health_key(route_target_id: int) -> str:
-    return KEY.format(route_target_id)
+    return health_down_key(route_target_id)
 
 
 def publish(route_target_id: int, consecutive_failures: int, consecutive_successes: int, interval_s: int) -> None:

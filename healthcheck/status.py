@@ -4,14 +4,23 @@ Read from each target's stored summary and from rollups, never from raw runs (ex
 target's own run history, one page at a time). Nothing here names a provider, a base URL
 or a key: only the target's name, the model name clients send, and measurements.
 """
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.utils import timezone
 
-from .models import HealthIncident, HealthRun, HealthTarget
-from .rollups import WINDOWS, current_state, strip
+from llmgateway.redis import sync_client
+
+from .conf import setting
+from .dispatch import interval_of
+from .models import HealthIncident, HealthRun, HealthTarget, MonitoringSettings
+from .rollups import BUCKET_S, WINDOWS, Strip, bar_buckets, current_state, strip
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 INCIDENTS_SHOWN = 20
@@ -21,8 +30,10 @@ class BadQuery(ValueError):
     """A query parameter the public API cannot answer; becomes a 400."""
 
 
-def public_targets():
-    return HealthTarget.objects.filter(enabled=True).select_related("route").order_by("route__name", "name")
+def public_targets(fields=None):
+    """Enabled targets: with only `fields`, or all but what only the page's strips read."""
+    targets = HealthTarget.objects.filter(enabled=True).select_related("route").order_by("route__name", "name")
+    return targets.only(*fields) if fields else targets.defer("strip_segments", "strip_cells")
 
 
 def target_record(target: HealthTarget, now: datetime | None = None) -> dict:
@@ -42,18 +53,63 @@ def target_record(target: HealthTarget, now: datetime | None = None) -> dict:
     }
 
 
+# What a card reads of a target (loading whole rows, routes and all, was a third of the page).
+CARD_FIELDS = ("pk", "name", "route__name", "summary", "strip_segments", "last_run_at", "state", "interval_s")
+
+
 @dataclass
 class Card:
     record: dict
-    bars: list[dict]
+    strip: Strip
 
 
 def cards(now: datetime | None = None) -> list[Card]:
-    """One card per target, with its 24-hour strip: three queries, whatever the number of targets."""
+    """One card per target, with its 24-hour strip (one bar per probe interval): a few queries,
+    whatever the number of targets."""
     now = now or timezone.now()
-    targets = list(public_targets())
-    bars = strip([t.pk for t in targets], now)
-    return [Card(target_record(t, now), bars[t.pk]) for t in targets]
+    monitoring = MonitoringSettings.load()
+    # The cells only when a target's bar size changed since its last run (a query for it alone).
+    return [Card(target_record(t, now), strip(t.strip_segments, bar_buckets(interval_of(t, monitoring)), now,
+                                              cells=lambda t=t: t.strip_cells))
+            for t in public_targets(CARD_FIELDS)]
+
+
+# --- a short-lived cache of what pages show -------------------------------------------------
+
+GENERATION_KEY = "gw:health:generation"
+
+
+def bump_generation() -> None:
+    """Say that what the pages show changed (a run or live traffic folded into rollups, a
+    target edited): cached renderings built before are not served again (after a grace of
+    HEALTH_STATUS_STALE_S)."""
+    try:
+        sync_client().incr(GENERATION_KEY)
+    except Exception as exc:  # pages then rebuild once their grace is over
+        log.warning("could not bump the status generation: %s", type(exc).__name__)
+
+
+def generation() -> int | None:
+    try:
+        return int(sync_client().get(GENERATION_KEY) or 0)
+    except Exception:
+        return None
+
+
+def cached(name: str, build):
+    """build(), or what it returned before in this process when nothing the pages show has
+    changed since (the generation in Redis; within HEALTH_STATUS_STALE_S of building, a change
+    may wait). Keyed by the 5-minute bucket too: states and strips move on with the clock."""
+    now = time.time()
+    current = generation()
+    key = f"health:{name}:{int(now) // BUCKET_S}"
+    hit = cache.get(key)
+    if hit is not None and current is not None and (
+            hit["generation"] == current or now - hit["built"] < setting("HEALTH_STATUS_STALE_S")):
+        return hit["value"]
+    value = build()
+    cache.set(key, {"generation": current, "built": now, "value": value}, timeout=BUCKET_S)
+    return value
 
 
 def overall_state(records: list[dict]) -> str:

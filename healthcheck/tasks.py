@@ -1,5 +1,6 @@
-"""Celery tasks of the health monitor: the dispatcher (beat), one probe per claimed slot,
-and the purge of old runs (beat)."""
+"""Celery tasks of the health monitor: the dispatcher (beat), one probe per claimed slot, a
+probe of an upstream whose circuit live traffic opened (recovery.py), the fold of live
+traffic into rollups (beat, live.py), and the purge of old runs (beat)."""
 import asyncio
 import logging
 from datetime import datetime, timedelta
@@ -9,7 +10,9 @@ from celery import shared_task
 from django.db import IntegrityError
 from django.utils import timezone
 
-from . import routing_state
+from llmgateway.redis import sync_client
+
+from . import recovery, routing_state
 from .conf import setting
 from .dispatch import claim_due_targets, interval_of
 from .models import HealthIncident, HealthRollup, HealthRun, HealthTarget, MonitoringSettings
@@ -21,11 +24,42 @@ log = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True)
 def dispatch_probes() -> int:
-    """Claim the due targets and queue one probe for each claimed slot."""
+    """Bring forward the probes of upstreams live traffic cooled down (recovery.py), claim the
+    due targets and queue one probe for each claimed slot, and now and then a fold of live
+    traffic into the rollups (live.py)."""
+    recoveries = None  # None: monitoring is off
+    if MonitoringSettings.objects.filter(pk=1, enabled=True).exists():
+        recoveries = []
+        try:
+            recoveries = recovery.plan_recoveries()
+        except Exception as exc:  # Redis away: the regular probes still run
+            log.warning("could not read circuits to bring cooled upstreams back: %s", type(exc).__name__)
     claims = claim_due_targets()
     for claim in claims:
         probe_target.delay(claim.target_id, claim.slot.isoformat())
+    for planned in recoveries or ():
+        if planned.health_target_id is None:
+            probe_open_target.delay(planned.route_target_id)
+    if recoveries is not None and _fold_is_due():
+        fold_live_traffic.delay()
     return len(claims)
+
+
+def _fold_is_due() -> bool:
+    """At most one fold of live traffic per HEALTH_LIVE_FOLD_EVERY_S, however many beats run."""
+    every = max(int(setting("HEALTH_LIVE_FOLD_EVERY_S")), 1)
+    try:
+        return bool(sync_client().set("gw:health:live:fold", 1, nx=True, ex=every))
+    except Exception:  # no Redis, no Celery either: nothing to queue
+        return False
+
+
+@shared_task(ignore_result=True)
+def fold_live_traffic() -> int:
+    """Fold clients' requests logged since the last fold into the rollups (live.py)."""
+    from .live import fold_live_traffic as fold
+
+    return fold()
 
 
 @shared_task(ignore_result=True)
@@ -49,8 +83,33 @@ def probe_target(target_id: int, slot: str) -> str:
     if run is None:
         return "duplicate"
     target = record_run(run)
-    _publish_routing_state(target, interval_of(target, monitoring))
+    route_target_id = _publish_routing_state(target, interval_of(target, monitoring))
+    if result.ok and spec.kind == HealthTarget.Kind.MODEL_LIST and route_target_id is not None:
+        recovery.close_circuit_after(route_target_id)  # a completion probe's pipeline does this itself
     return run.outcome
+
+
+@shared_task(ignore_result=True)
+def probe_open_target(route_target_id: int) -> str:
+    """Probe one upstream target whose circuit is open, pinned to it, with its model's health
+    target's prompt and limits; a good answer closes the circuit (the pipeline's report). Not a
+    recorded run: the upstream has no health target of its own. Its request is logged."""
+    from routing.models import RouteTarget
+
+    monitoring = MonitoringSettings.load()
+    route_target = RouteTarget.objects.select_related("route").filter(pk=route_target_id).first()
+    model_target = recovery.route_health_target(route_target) if route_target is not None else None
+    if not monitoring.enabled or model_target is None or monitoring.monitoring_key_id is None:
+        return "skipped"
+    if _over_cap(model_target, timezone.now()):
+        return "over_cap"
+    spec = ProbeSpec(
+        target_id=model_target.pk, kind=HealthTarget.Kind.COMPLETION, route_name=route_target.route.name,
+        route_target_id=route_target.pk, prompt=model_target.prompt or monitoring.default_prompt,
+        max_tokens=model_target.max_tokens, timeout_s=model_target.timeout_s, retries=0,
+    )
+    result = asyncio.run(probe(spec, monitoring.monitoring_key_id))
+    return "healthy" if result.ok else "down"
 
 
 def save_run(target: HealthTarget, slot: datetime, started_at: datetime, result: ProbeResult) -> HealthRun | None:
@@ -79,13 +138,15 @@ def _over_cap(target: HealthTarget, now: datetime) -> bool:
     return cap is not None and target.spend_month == now.strftime("%Y-%m") and target.spend_month_usd >= cap
 
 
-def _publish_routing_state(target: HealthTarget, interval_s: int) -> None:
+def _publish_routing_state(target: HealthTarget, interval_s: int) -> int | None:
+    """Publish the down flag of the upstream this target probes; that upstream's id, or None."""
     route_target_id = target.route_target_id
     if route_target_id is None:
         only = list(target.route.targets.values_list("pk", flat=True)[:2])
         route_target_id = only[0] if len(only) == 1 else None  # a model with one upstream is that upstream
     if route_target_id is not None:
         routing_state.publish(route_target_id, target.consecutive_failures, target.consecutive_successes, interval_s)
+    return route_target_id
 
 
 @shared_task(ignore_result=True)

@@ -3,6 +3,8 @@ from functools import wraps
 
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 from django.utils import timezone, translation
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.translation import gettext as _
@@ -58,14 +60,21 @@ def _language(request) -> str:
 @public("page")
 def status_page(request):
     """The whole page, or only its cards when htmx asks (the auto-refresh)."""
-    cards = status.cards()
-    context = {"cards": cards, "overall": status.overall_state([c.record for c in cards]),
-               "lang": request.GET.get("lang", ""), "refresh_s": setting("HEALTH_STATUS_REFRESH_S"),
-               "generated_at": timezone.now()}
+    lang = request.GET.get("lang", "")
+    overall, cards_html = status.cached(f"cards:{translation.get_language()}:{lang}", lambda: _cards(request, lang))
+    context = {"cards_html": cards_html, "overall": overall, "lang": lang,
+               "refresh_s": setting("HEALTH_STATUS_REFRESH_S"), "generated_at": timezone.now()}
     template = "healthcheck/_status_cards.html" if request.headers.get("HX-Request") else "healthcheck/status.html"
     response = render(request, template, context)
     patch_vary_headers(response, ["HX-Request", "Accept-Language"])
     return response
+
+
+def _cards(request, lang: str) -> tuple[str, str]:
+    """(overall state, the cards' HTML): what status_page caches."""
+    cards = status.cards()
+    html = render_to_string("healthcheck/_status_card_list.html", {"cards": cards, "lang": lang}, request)
+    return status.overall_state([c.record for c in cards]), mark_safe(html)
 
 
 @public("page")

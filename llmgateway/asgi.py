@@ -6,9 +6,11 @@ uses neither sessions, CSRF nor the admin's auth. Everything else (admin, status
 gets Django's full stack. Daphne serves this application as it is: every route here is
 HTTP, so Channels' protocol router would only add a layer to every request.
 
-The API speaks no WebSocket: a WebSocket handshake on an API path (Codex tries one on
-/v1/responses first) is answered 426 Upgrade Required, the one answer after which Codex
-switches to HTTP at once instead of reconnecting five times with backoff (docs/clients.md).
+WebSockets: /v1/responses speaks the Responses API over a WebSocket (Codex CLI's preferred
+transport), served by routing/websocket.py through the same pipeline as HTTP. It is routed
+here, by path, rather than through Channels' ProtocolTypeRouter, for the same reason as above.
+A handshake on any other API path is answered 426 Upgrade Required, the one answer after
+which Codex switches to HTTP at once instead of reconnecting five times (docs/clients.md).
 """
 import atexit
 import json
@@ -21,6 +23,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from llmgateway import runtime  # noqa: E402
 from llmgateway.apihandler import ApiHandler, settle_heap, watch_for_shutdown  # noqa: E402
 from routing.endpoints import canonical_path  # noqa: E402
+from routing.websocket import serve_responses_socket  # noqa: E402
 
 site_application = get_asgi_application()
 
@@ -62,11 +65,30 @@ def cut_off_slow_bodies(timeout: float) -> None:
     WebRequest.gotLength, WebRequest.requestReceived = gotLength, requestReceived
 
 
+def leave_bodies_unparsed() -> None:
+    """Stop Twisted parsing form bodies into `request.args`: Daphne never reads them (the
+    application parses its body), yet Twisted parsed every POST's Content-Type with the email
+    package (5 % of the gateway's CPU under load) and would parse a multipart body in full."""
+    from daphne.http_protocol import WebRequest
+
+    init = WebRequest.__init__
+    if getattr(init, "leaves_bodies_unparsed", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    __init__.leaves_bodies_unparsed = True
+    WebRequest.__init__ = __init__
+
+
 def allow_websocket_denial_responses():
-    """Let Daphne refuse a WebSocket handshake with any status, through the ASGI WebSocket
-    Denial Response extension (websocket.http.response.start). Daphne 4 can refuse only with
-    403 (websocket.close before accept) or 500 (an exception). autobahn sends the status line
-    alone: the extension's headers and body are dropped."""
+    """Let Daphne refuse a WebSocket handshake with any status, headers and body, through the
+    ASGI WebSocket Denial Response extension (websocket.http.response.start, then .body).
+    Daphne 4 can refuse only with 403 (websocket.close before accept) or 500 (an exception),
+    and autobahn, which writes the refusal, sends a status line and no body: the whole answer
+    is written here instead, when its body is complete."""
     from http import HTTPStatus
 
     from autobahn.websocket.types import ConnectionDeny
@@ -79,12 +101,31 @@ def allow_websocket_denial_responses():
     def handle_reply_with_denials(self, message):
         kind = message.get("type")
         if kind == "websocket.http.response.start" and hasattr(self, "handshake_deferred"):
-            status = int(message["status"])
-            self.handshake_deferred.errback(ConnectionDeny(code=status, reason=HTTPStatus(status).phrase))
-            del self.handshake_deferred
-            self.server.protocol_disconnected(self)
-        elif kind != "websocket.http.response.body":  # the status line has been sent already
+            self._gateway_denial = (int(message["status"]), list(message.get("headers") or ()), [])
+        elif kind == "websocket.http.response.body" and getattr(self, "_gateway_denial", None):
+            status, headers, body = self._gateway_denial
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                self._gateway_denial = None
+                deny(self, status, headers, b"".join(body))
+        elif kind != "websocket.http.response.body":
             handle_reply(self, message)
+
+    def deny(protocol, status, headers, body):
+        phrase = HTTPStatus(status).phrase
+
+        def send_denial(code, reason, response_headers=None):
+            # autobahn's failHandshake calls this, then closes the connection (after the write).
+            head = [f"HTTP/1.1 {status} {phrase}".encode(), b"Connection: close",
+                    b"Content-Length: " + str(len(body)).encode()]
+            head += [bytes(name) + b": " + bytes(value) for name, value in headers
+                     if bytes(name).lower() not in (b"content-length", b"connection")]
+            protocol.sendData(b"\r\n".join(head) + b"\r\n\r\n" + body)
+
+        protocol.sendHttpErrorResponse = send_denial
+        protocol.handshake_deferred.errback(ConnectionDeny(code=status, reason=phrase))
+        del protocol.handshake_deferred
+        protocol.server.protocol_disconnected(protocol)
 
     handle_reply_with_denials.denies_with_status = True
     WebSocketProtocol.handle_reply = handle_reply_with_denials
@@ -92,8 +133,9 @@ def allow_websocket_denial_responses():
 
 async def refuse_websocket(receive, send):
     await receive()  # websocket.connect
-    await send({"type": "websocket.http.response.start", "status": 426, "headers": []})
-    await send({"type": "websocket.http.response.body", "body": b"This API speaks HTTP only.\n"})
+    await send({"type": "websocket.http.response.start", "status": 426,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "websocket.http.response.body", "body": b"This API path speaks HTTP only (WebSockets: /v1/responses).\n"})
 
 
 class Dispatcher:
@@ -108,11 +150,16 @@ class Dispatcher:
                 if path != scope["path"]:
                     scope = {**scope, "path": path, "raw_path": path.encode()}
                 return await self.api.handle(scope, receive, send)
-        elif scope["type"] == "websocket" and canonical_path(scope["path"]) is not None:
-            return await refuse_websocket(receive, send)
+        elif scope["type"] == "websocket":
+            path = canonical_path(scope["path"])
+            if path == "/v1/responses":
+                return await serve_responses_socket(scope, receive, send)
+            if path is not None:
+                return await refuse_websocket(receive, send)
         return await site_application(scope, receive, send)
 
 
+leave_bodies_unparsed()
 allow_websocket_denial_responses()
 cut_off_slow_bodies(settings.GATEWAY_BODY_TIMEOUT_S)
 application = Dispatcher()

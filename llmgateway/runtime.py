@@ -58,13 +58,28 @@ class Runtime:
 _runtimes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime]" = weakref.WeakKeyDictionary()
 
 
+_last: Runtime | None = None  # the runtime current() found last: a process serves from one loop
+
+
 def current() -> Runtime:
     """The running loop's runtime, opened on first use."""
+    global _last
     loop = asyncio.get_running_loop()
+    runtime = _last
+    if runtime is not None and runtime.loop is loop:
+        return runtime
     runtime = _runtimes.get(loop)
     if runtime is None:
         runtime = _runtimes[loop] = Runtime(loop)
+    _last = runtime
     return runtime
+
+
+def _forget(runtime: Runtime) -> None:
+    global _last
+    _runtimes.pop(runtime.loop, None)
+    if _last is runtime:
+        _last = None
 
 
 @asynccontextmanager
@@ -74,13 +89,14 @@ async def opened():
     try:
         yield runtime
     finally:
-        _runtimes.pop(runtime.loop, None)
+        _forget(runtime)
         await runtime.close()
 
 
 def close_at_exit() -> None:
     """Close what runtimes of loops that are not running hold (a graceful stop): pooled
     connections left to the garbage collector are logged as errors by aiohttp."""
+    global _last
     for loop, runtime in list(_runtimes.items()):
         if not loop.is_closed() and not loop.is_running():
             try:
@@ -88,3 +104,4 @@ def close_at_exit() -> None:
             except Exception:  # exiting anyway
                 pass
     _runtimes.clear()
+    _last = None

@@ -132,6 +132,27 @@ def prepare_admission(key: KeyEntry, route: RouteEntry, demand: Demand):
     return admission, call, route
 
 
+# Requests for a route whose state is being read wait for that read rather than each sending
+# their own: after the quiet-state cache expires, a busy process would otherwise send one read
+# per request until the first answer is back.
+_reads_in_flight: dict[tuple, asyncio.Future] = {}  # (event loop, route id) -> the quiet state or None
+
+
+async def _read_state(route: RouteEntry, session_id: str | None, admission, admit_call, redis):
+    """(the route's routing state, the key's admission) in ONE Redis round trip."""
+    read_call, target_ids, key_ids = attempts.prepare_state(route, session_id)
+    calls = [read_call] if admit_call is None else [read_call, admit_call]
+    try:
+        replies = await run_scripts(redis, calls)
+    except RedisError as exc:
+        if admit_call is not None:
+            admission = limits.admission_unreachable(admission, exc)  # raises for a budget, by default
+        return resilience.unavailable_state(exc), admission
+    if admit_call is not None:
+        admission = limits.admission_from_reply(admission, replies[1])
+    return resilience.state_from_reply(replies[0], target_ids, key_ids), admission
+
+
 async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, session_id: str | None, redis):
     """(admission or None, plan): the key's admission and the route's shared state in ONE
     Redis round trip. Raises the refusal (429, 403, or 503 when Redis is unreachable and the
@@ -139,22 +160,22 @@ async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, sessi
     of a prompt no target's window fits. A refused request counts nothing and reaches no upstream."""
     admission, admit_call, route = prepare_admission(key, route, demand)
     sessionless = session_id is None or not route.session_ttl_s
-    state = attempts.quiet_state(route) if admit_call is None and sessionless else None
+    shared = admit_call is None and sessionless  # a read whose quiet result any request may use
+    in_flight = (asyncio.get_running_loop(), route.id)
+    state = attempts.quiet_state(route) if shared else None
+    if state is None and shared and in_flight in _reads_in_flight:
+        state = await asyncio.shield(_reads_in_flight[in_flight])  # None: that read found the route not quiet
     if state is None:
-        read_call, target_ids, key_ids = attempts.prepare_state(route, session_id)
-        calls = [read_call] if admit_call is None else [read_call, admit_call]
+        leads = shared and in_flight not in _reads_in_flight
+        if leads:
+            _reads_in_flight[in_flight] = asyncio.get_running_loop().create_future()
         try:
-            replies = await run_scripts(redis, calls)
-        except RedisError as exc:
-            state = resilience.unavailable_state(exc)
-            if admit_call is not None:
-                admission = limits.admission_unreachable(admission, exc)  # raises for a budget, by default
-        else:
-            state = resilience.state_from_reply(replies[0], target_ids, key_ids)
-            if admit_call is not None:
-                admission = limits.admission_from_reply(admission, replies[1])
-        if sessionless:
-            attempts.remember_state(route, state)
+            state, admission = await _read_state(route, session_id, admission, admit_call, redis)
+            if sessionless:
+                attempts.remember_state(route, state)
+        finally:
+            if leads:
+                _reads_in_flight.pop(in_flight).set_result(attempts.quiet_state(route))
     if admission is not None and not admission.allowed:
         attempts.release_probes(state, redis)
         raise admission.error()
@@ -224,7 +245,7 @@ async def _flush(redis, batch: list) -> None:
     await asyncio.sleep(settings.GATEWAY_REPORT_BATCH_S)
     _batches.pop(redis, None)
     try:
-        await run_scripts(redis, [call for calls, _ in batch for call in calls])
+        await run_scripts(redis, resilience.fold_successes([call for calls, _ in batch for call in calls]))
     except Exception as exc:
         waiting = [done for _, done in batch if done is not None]
         for done in waiting:

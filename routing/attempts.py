@@ -12,8 +12,11 @@ The order comes from the route's strategy (priority: lower first, weighted among
 weighted; round_robin; least_latency: lowest moving average of latency, TTFT for streams).
 Then the shared state in Redis (routing/resilience.py) filters it: a target whose circuit is
 open sits out (one request at a time gets the half-open probe), a provider key that cools is
-skipped, a target whose every key cools sits out. A session bound to a healthy target goes
-there first. A target whose catalog context window the request exceeds is skipped.
+skipped, a target whose every key cools sits out. A target the health monitor's probes find
+down (read in the same Redis call) goes after every other usable target: it is tried only
+when they all fail, or when every target is flagged down. A session bound to a target that is
+neither open nor flagged down goes there first. A target whose catalog context window the
+request exceeds is skipped.
 
 Retries. A different target, or the same target with another key (after 401/403/429), is a
 failover and needs nothing more than a place in route.max_attempts. Trying a target again
@@ -306,8 +309,8 @@ async def make_plan(route: RouteEntry, *, session_id: str | None, prompt_tokens:
 
 # Per process, per route: the last state read, kept for GATEWAY_ROUTING_STATE_CACHE_S when
 # it says nothing is wrong (Redis reachable, no open circuit or probe, no cooling key, no
-# session). Requests of a key without limits then plan with no Redis round trip (it was a
-# fifth of a request's CPU). Any failure this process sees drops the route's entry at once;
+# session; a health down flag may be in it). Requests of a key without limits then plan with
+# no Redis round trip (it was a fifth of a request's CPU). Any failure this process sees drops the route's entry at once;
 # another process's failures are seen within the cache time.
 _quiet_states: dict[int, tuple[float, resilience.RoutingState]] = {}
 
@@ -320,6 +323,8 @@ def quiet_state(route: RouteEntry) -> resilience.RoutingState | None:
 
 
 def remember_state(route: RouteEntry, state: resilience.RoutingState) -> None:
+    # A health down flag claims nothing and changes slowly (probes come minutes apart): a
+    # state carrying one is kept like a quiet one, and a flag is seen within the cache time.
     quiet = (state.available and not state.key_cooldowns and state.affinity is None
              and all(circuit == resilience.CLOSED for circuit in state.circuits.values()))
     if quiet and settings.GATEWAY_ROUTING_STATE_CACHE_S > 0:
@@ -354,7 +359,13 @@ def plan_from_state(route: RouteEntry, state: resilience.RoutingState, *, sessio
     if not usable and state.available:
         release_probes(state)
         raise _all_cooling(route, ordered, state)
-    if state.affinity is not None:
+    if state.health_down:
+        # Health is advice, not proof: a flagged target goes last rather than away, so a route
+        # whose every target probes down still serves (the probes may be what is wrong), and a
+        # flagged target still takes the request when the others fail.
+        usable = ([t for t in usable if t.id not in state.health_down]
+                  + [t for t in usable if t.id in state.health_down])
+    if state.affinity is not None and state.affinity not in state.health_down:
         bound = next((t for t in usable if t.id == state.affinity), None)
         if bound is not None:
             usable.remove(bound)

@@ -64,22 +64,32 @@ class PromptRule(models.Model):
     """A rewrite applied to request messages before they go upstream."""
 
     class Operation(models.TextChoices):
+        SYSTEM_SET = "system_set", _("Set the system prompt (when the request has none)")
         SYSTEM_PREPEND = "system_prepend", _("Prepend to the system prompt")
         SYSTEM_APPEND = "system_append", _("Append to the system prompt")
         SYSTEM_REPLACE = "system_replace", _("Replace the system prompt")
         USER_PREPEND = "user_prepend", _("Prepend to the last user message")
         USER_APPEND = "user_append", _("Append to the last user message")
+        USER_TEMPLATE = "user_template", _("Replace the last user message with a template")
+        INJECT_ONCE = "inject_once", _("Inject once (first turn only) before the user message")
         REPLACE = "replace", _("Replace pattern (regex) in every message")
         REMOVE = "remove", _("Remove pattern (regex) from every message")
+        STRIP_SYSTEM = "strip_system", _("Relay isolation: remove the whole system prompt")
+        STRIP_INSTRUCTIONS = "strip_instructions", _("Relay isolation: remove instructions and developer messages")
+        STRIP_BILLING_HEADER = "strip_billing_header", _("Relay isolation: remove Claude Code's billing header line")
 
     route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="prompt_rules", verbose_name=_("model (route)"))
     order = models.IntegerField(_("order"), default=0)
     operation = models.CharField(
         _("operation"), max_length=20, choices=Operation.choices,
-        help_text=_("Applied to chat-completions requests only, for now: /v1/messages and /v1/responses "
-                    "requests reach the upstream without these rules."))
+        help_text=_("Rules run in order on chat-completions, /v1/messages and /v1/responses requests alike, "
+                    "before any translation. The system prompt is the system or developer message, Anthropic's "
+                    "`system` or the Responses `instructions`; the last user message is the last one with text. "
+                    "Images and other parts are left as they are."))
     pattern = models.TextField(_("pattern"), blank=True, help_text=_("Regular expression, for replace and remove."))
-    text = models.TextField(_("text"), blank=True)
+    text = models.TextField(
+        _("text"), blank=True,
+        help_text=_("A template may use {{user_prompt}}, {{date}} and {{model}}."))
     enabled = models.BooleanField(_("enabled"), default=True)
 
     class Meta:

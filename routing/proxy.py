@@ -29,6 +29,7 @@ from providers.adapters.base import Usage
 from providers.upstream import Failure, classify_exception, classify_status
 from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 from providers.wire.relays import ObservingRelay, TranslatingRelay
+from providers.wire.seals import foreign_in
 from providers.wire.translate import custom_tool_names, translate_answer, translate_request
 
 from . import admission as admission_
@@ -121,8 +122,9 @@ async def _serve(inbound: Inbound, codec) -> Outcome:
     snapshot = await runtime.current().snapshot()
     route = find_route(snapshot, model, inbound.key)
     record.log.route = route.name
-    if endpoint.wire == "openai_chat":  # rules rewrite chat messages; other formats pass unchanged for now
-        body = record.log.body = apply_rules(body, route.rules)  # logged as it goes upstream
+    # In the client's format, before any translation (bodies without a prompt pass unchanged);
+    # logged as it goes upstream.
+    body = record.log.body = apply_rules(body, route.rules, endpoint.wire)
     stream = endpoint.streams and body.get("stream") is True
     record.log.stream = stream
     if not route.targets:
@@ -261,9 +263,11 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
         if operation == "chat":
             operation = "responses"
     upstream_wire = client_wire if native else adapter.wire
-    if not native:
+    # Through the hub across formats, and in the same format when the request carries
+    # reasoning another provider sealed (the upstream would reject it: the hub drops it).
+    if not native or foreign_in(inbound.raw, upstream_wire):
         try:
-            body, diagnostics = translate_request(body, client_wire, adapter.wire, target.upstream_model)
+            body, diagnostics = translate_request(body, client_wire, upstream_wire, target.upstream_model)
         except InvalidField as exc:  # dropping it would change the meaning: the client must know
             raise AttemptFailed(Failure("unsupported", retryable=False, status=400, detail=exc.message,
                                         upstream_message=exc.message, param=exc.param)) from None

@@ -22,6 +22,9 @@ x-ratelimit-reset-*, anthropic-ratelimit-*-reset; see parse_reset_headers), else
 base * 2^(streak-1) seconds up to a cap, the streak counting failures since the key's last
 success. A new cooldown never shortens one already running.
 
+Health advice: read_state also reads the health monitor's down flag of each target
+(health_down_key, set with hysteresis by healthcheck/routing_state.py), in the same call.
+
 Retry budget: per route and clock minute, retries may be at most GATEWAY_RETRY_BUDGET_RATIO of
 the requests read_state counted, and at least GATEWAY_RETRY_BUDGET_MIN (so quiet routes retry).
 
@@ -121,6 +124,13 @@ def affinity_key(route_id: int, session_id: str) -> str:
 LATENCY_KEY = "gw:rs:latency"  # hash: target id -> moving average, ms
 
 
+def health_down_key(target_id: int) -> str:
+    """Set to "down" by the health monitor (healthcheck/routing_state.py, with hysteresis) while
+    its probes find this target down. Owned here so the monitor writes what routing reads,
+    and routing imports nothing of the monitor."""
+    return f"gw:health:target:{target_id}"
+
+
 def retry_budget_key(route_id: int, minute: int) -> str:
     return f"gw:rs:retry:{route_id}:{minute}"
 
@@ -132,11 +142,12 @@ local now = tonumber(ARGV[1])
 if not now then local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
 """
 
-# KEYS: retry budget, affinity (or a placeholder), latency, cb_1..cb_n, cool_1..cool_m
+# KEYS: retry budget, affinity (or a placeholder), latency, cb_1..cb_n, cool_1..cool_m, health_1..health_n
 # ARGV: now_ms|'', n, m, probe lease ms, claim probes (0/1), count request (0/1), has affinity (0/1),
 #       target id 1..n
 # -> {now, affinity target|'', {state per target: 0 closed, 1 open, 2 probe (claimed here)},
-#     {open_until ms per target}, {cool-until ms per key (0: ready)}, {latency per target|''}}
+#     {open_until ms per target}, {cool-until ms per key (0: ready)}, {latency per target|''},
+#     {1 when the health monitor marks the target down, else 0, per target}}
 _READ_LUA = _NOW + """
 local n, m, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local claim, count, has_aff = ARGV[5] == '1', ARGV[6] == '1', ARGV[7] == '1'
@@ -146,7 +157,7 @@ if count then
 end
 local aff = ''
 if has_aff then aff = redis.call('GET', KEYS[2]) or '' end
-local states, open_until, cools, lat = {}, {}, {}, {}
+local states, open_until, cools, lat, down = {}, {}, {}, {}, {}
 for i = 1, n do
   local cb = KEYS[3 + i]
   local until_ms = tonumber(redis.call('HGET', cb, 'open_until') or '0')
@@ -163,13 +174,14 @@ for i = 1, n do
   end
   states[i], open_until[i] = state, until_ms
   lat[i] = redis.call('HGET', KEYS[3], ARGV[7 + i]) or ''
+  if redis.call('GET', KEYS[3 + n + m + i]) == 'down' then down[i] = 1 else down[i] = 0 end
 end
 for j = 1, m do
   local c = tonumber(redis.call('GET', KEYS[3 + n + j]) or '0')
   if c <= now then c = 0 end
   cools[j] = c
 end
-return {now, aff, states, open_until, cools, lat}
+return {now, aff, states, open_until, cools, lat, down}
 """
 
 # KEYS: circuit, cooldown, streak, latency, retry budget, affinity (or placeholder)
@@ -297,7 +309,9 @@ class RoutingState:
     epoch s when its circuit (re)opens for probing (0: closed). key_cooldowns: provider key id
     -> epoch s until which it cools (only cooling keys). latency_ms: target id -> moving average
     (missing: no sample yet). affinity: the target id bound to the session, or None.
-    available: False when Redis was unreachable (everything then looks usable)."""
+    health_down: target ids the health monitor's probes find down (advice: the planner tries
+    them last, see attempts.plan_from_state). available: False when Redis was unreachable
+    (everything then looks usable)."""
 
     now: float
     circuits: Mapping[int, str] = field(default_factory=dict)
@@ -305,6 +319,7 @@ class RoutingState:
     key_cooldowns: Mapping[int, float] = field(default_factory=dict)
     latency_ms: Mapping[int, float] = field(default_factory=dict)
     affinity: int | None = None
+    health_down: frozenset[int] = frozenset()
     available: bool = True
 
     def target_usable(self, target_id: int) -> bool:
@@ -321,7 +336,7 @@ async def read_state(route_id: int, target_ids: Sequence[int], provider_key_ids:
                      session_id: str | None = None, claim_probes: bool = True, count_request: bool = True,
                      policy: Policy | None = None, now: float | None = None, redis=None) -> RoutingState:
     """Everything the planner needs for one request, in ONE Lua call: circuit state, cooldowns,
-    latency averages and the session's bound target. With claim_probes, a target whose open
+    latency averages, the health monitor's down flags and the session's bound target. With claim_probes, a target whose open
     time is over is claimed for this request as the one half-open probe. With count_request,
     the request counts towards the route's retry budget for this minute. Never raises for a
     Redis outage: it logs and answers an empty state (available=False).
@@ -347,7 +362,8 @@ def prepare_read_state(route_id: int, target_ids: Sequence[int], provider_key_id
     wall = time.time() if now is None else now
     keys = [retry_budget_key(route_id, int(wall // 60)),
             affinity_key(route_id, session_id) if session_id else LATENCY_KEY, LATENCY_KEY,
-            *(circuit_key(t) for t in target_ids), *(cooldown_key(k) for k in provider_key_ids)]
+            *(circuit_key(t) for t in target_ids), *(cooldown_key(k) for k in provider_key_ids),
+            *(health_down_key(t) for t in target_ids)]
     args = [_now_arg(now), len(target_ids), len(provider_key_ids), int(policy.probe_lease_s * 1000),
             int(claim_probes), int(count_request), int(bool(session_id)), *target_ids]
     return ScriptCall(_READ, keys, args), target_ids, provider_key_ids
@@ -359,7 +375,7 @@ def unavailable_state(exc: BaseException, now: float | None = None) -> RoutingSt
 
 
 def state_from_reply(reply, target_ids: Sequence[int], provider_key_ids: Sequence[int]) -> RoutingState:
-    now_ms, aff, states, opens, cools, lats = reply
+    now_ms, aff, states, opens, cools, lats, down = reply
     return RoutingState(
         now=now_ms / 1000,
         circuits={t: _STATES[s] for t, s in zip(target_ids, states)},
@@ -367,6 +383,7 @@ def state_from_reply(reply, target_ids: Sequence[int], provider_key_ids: Sequenc
         key_cooldowns={k: c / 1000 for k, c in zip(provider_key_ids, cools) if c},
         latency_ms={t: float(v) for t, v in zip(target_ids, lats) if v},
         affinity=int(aff) if aff else None,
+        health_down=frozenset(t for t, d in zip(target_ids, down) if d),
     )
 
 
@@ -407,8 +424,9 @@ async def report_attempt(route_id: int, target_id: int, provider_key_id: int | N
 def prepare_report(route_id: int, target_id: int, provider_key_id: int | None, *, outcome: str,
                    probe: bool = False, retry_at: float | None = None, latency_ms: float | None = None,
                    want_retry: bool = False, bind_session: tuple[str, float] | None = None,
-                   policy: Policy | None = None, now: float | None = None) -> ScriptCall:
-    """report_attempt's Redis call, to send alone or with others (run_scripts)."""
+                   policy: Policy | None = None, now: float | None = None, samples: int = 1) -> ScriptCall:
+    """report_attempt's Redis call, to send alone or with others (run_scripts). `samples`:
+    how many successes the latency averages (see fold_successes)."""
     if outcome not in _OUTCOME_CODE:
         raise ValueError(f"unknown outcome {outcome!r}; one of {OUTCOMES}")
     policy = policy or Policy.from_settings()
@@ -423,9 +441,48 @@ def prepare_report(route_id: int, target_id: int, provider_key_id: int | None, *
     args = [_now_arg(now), target_id, _OUTCOME_CODE[outcome], int(probe),
             int(retry_at * 1000) if retry_at else 0, policy.failures, int(policy.failure_window_s * 1000),
             int(policy.open_s * 1000), int(policy.key_cooldown_base_s * 1000), int(policy.key_cooldown_cap_s * 1000),
-            -1 if latency_ms is None else f"{latency_ms:.3f}", policy.latency_alpha, int(want_retry),
-            policy.retry_ratio, policy.retry_min, target_id if session_id else "", int(ttl_s * 1000), int(has_key)]
-    return ScriptCall(_REPORT, keys, args)
+            -1 if latency_ms is None else f"{latency_ms:.3f}",
+            policy.latency_alpha if samples == 1 else 1 - (1 - policy.latency_alpha) ** samples,
+            int(want_retry), policy.retry_ratio, policy.retry_min, target_id if session_id else "",
+            int(ttl_s * 1000), int(has_key)]
+    call = ReportCall(_REPORT, keys, args)
+    if outcome == "ok" and not (probe or retry_at or want_retry or session_id or now is not None):
+        call.success_of = (route_id, target_id, provider_key_id, policy)
+        call.latency_ms = latency_ms
+    return call
+
+
+class ReportCall(ScriptCall):
+    __slots__ = ("success_of", "latency_ms")
+
+    def __init__(self, script, keys, args):
+        super().__init__(script, keys, args)
+        self.success_of = None  # (route, target, provider key, policy) of a plain success, which folds
+        self.latency_ms = None
+
+
+def fold_successes(calls: list[ScriptCall]) -> list[ScriptCall]:
+    """The calls, with the plain success reports of one target and key folded into one: a busy
+    route's successes otherwise cost Redis one call each although they all say the same (reset
+    the failure streaks, average the latency). The folded call averages their latencies with the
+    weight the moving average would have given them one by one (1 - (1 - alpha) ** n)."""
+    successes: dict[tuple, list[ReportCall]] = {}
+    folded = []
+    for call in calls:
+        of = getattr(call, "success_of", None)
+        if of is None:
+            folded.append(call)
+        else:
+            successes.setdefault(of, []).append(call)
+    for (route_id, target_id, provider_key_id, policy), group in successes.items():
+        if len(group) == 1:
+            folded.append(group[0])
+            continue
+        latencies = [call.latency_ms for call in group if call.latency_ms is not None]
+        folded.append(prepare_report(route_id, target_id, provider_key_id, outcome="ok", policy=policy,
+                                     latency_ms=sum(latencies) / len(latencies) if latencies else None,
+                                     samples=max(len(latencies), 1)))
+    return folded
 
 
 def report_unreachable(exc: BaseException) -> ReportResult:

@@ -248,3 +248,47 @@ def test_a_route_targets_model_suggestions_follow_its_provider(browser, live_ser
     suggested = browser.execute_script(
         "return Array.from(document.getElementById('id_upstream_model-models').options).map(o => o.value)")
     assert suggested == ["beta-1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_routes_prompt_rule_is_previewed_before_it_is_saved(browser, live_server, django_user_model,
+                                                                  screenshot_dir):
+    from routing.models import PromptRule, Route
+
+    django_user_model.objects.create_superuser("operator", "op@example.com", PASSWORD)
+    log_in(browser, live_server, "operator")
+
+    # A new route with one prompt rule, typed but not saved.
+    browser.get(f"{live_server.url}/admin/routing/route/add/")
+    wait_for(browser, "#id_name").send_keys("claude-relay")
+    click(browser, 'a[href="#prompt_rules"]')
+    click(browser, "#prompt_rules-group a.add-row")
+    Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
+    Select(wait_for(browser, 'select[name="prompt_rules-0-operation"]')).select_by_value("strip_billing_header")
+    click(browser, "#prompt_rules-group a.add-row")
+    Select(wait_for(browser, 'select[name="prompt_rules-1-operation"]')).select_by_value("system_append")
+    browser.find_element(By.NAME, "prompt_rules-1-text").send_keys("Answer in English.")
+
+    # Paste a Claude Code request and preview it (htmx swaps the diff in; nothing is saved).
+    Select(wait_for(browser, "#preview-protocol")).select_by_value("messages")
+    body = browser.find_element(By.ID, "preview-body")
+    browser.execute_script("arguments[0].value = arguments[1]", body, (
+        '{"model": "claude-relay", "max_tokens": 1024, "system": [\n'
+        ' {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.38.713; cc_entrypoint=cli; cch=90d92;"},\n'
+        ' {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],\n'
+        ' "messages": [{"role": "user", "content": "List the files."}]}'))
+    click(browser, "#preview-rules")
+    diff = wait_for(browser, "#preview-diff")
+    removed = [e.text for e in diff.find_elements(By.CSS_SELECTOR, ".gw-diff-del")]
+    added = [e.text for e in diff.find_elements(By.CSS_SELECTOR, ".gw-diff-add")]
+    assert any("x-anthropic-billing-header" in line for line in removed)
+    assert any("You are Claude Code.\\n\\nAnswer in English." in line for line in added)
+    assert not Route.objects.exists()
+    browser.execute_script("document.getElementById('rule-preview').scrollIntoView({block: 'start'})")
+    browser.save_screenshot(str(screenshot_dir / "preview.png"))
+
+    # Saving keeps the rules the preview used.
+    click(browser, 'button[name="_continue"]')
+    wait_for(browser, "#relay-presets")
+    assert list(PromptRule.objects.values_list("operation", flat=True)) == ["strip_billing_header", "system_append"]
+    assert (screenshot_dir / "preview.png").stat().st_size > 10_000

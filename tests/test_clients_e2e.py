@@ -6,17 +6,15 @@ answers the prompt with a tool call whose argument is the prompt itself (a shell
 the CLI runs it, sends the output back, and the mock's final text quotes it. The command
 reads a file holding a fresh random token that appears in no prompt, so the token can only
 reach the final answer through the tool. Install the CLIs with .ci/clients-deps.
-The last test needs no CLI: the API refuses WebSocket handshakes the way Codex understands.
+The last test lets Codex use its preferred transport, a WebSocket on /v1/responses.
 """
 import json
 import secrets
+import time
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-
 from .clients import CLAUDE, CODEX, run_claude, run_codex
-from .conftest import FULL_KEY, PROVIDER_SECRET, wait_for_model
+from .conftest import PROVIDER_SECRET, wait_for_model
 from .factories import make_key, make_provider, make_route
 
 
@@ -123,24 +121,52 @@ def test_codex_runs_a_shell_command_through_responses(live, mock_upstream, route
 
 
 @needs_codex
-def test_codex_that_tries_websockets_first_falls_back_to_http_without_retrying(live, mock_upstream, route_to,
-                                                                               workspace, tmp_path):
-    model, secret = route_to("chat")
+@pytest.mark.parametrize("upstream", ["chat", "responses"])
+def test_codex_runs_a_shell_command_over_a_websocket(live, mock_upstream, route_to, upstream, workspace, tmp_path,
+                                                     db_access):
+    from routing.models import RequestLog
+
+    model, secret = route_to(upstream)
     work, token = workspace
 
     run = run_codex(gateway_url=live.url, key=secret, model=model, prompt="cat note.txt",
                     cwd=work, home=tmp_path / "home", websockets=True)
 
     assert token in run.stdout, (run.returncode, run.stdout, run.stderr[-2000:])
-    # Only a 426 to the upgrade makes Codex switch to HTTP at once; any other refusal
-    # (403, 404, 500, a close frame) costs five reconnects with backoff first.
-    assert "falling back to HTTP" in run.stderr
-    assert "Reconnecting" not in run.stderr, run.stderr[-2000:]
-    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, "chat", token, secret)
+    # Codex stayed on its WebSocket: no fallback to HTTP, no reconnects.
+    assert "falling back to HTTP" not in run.stderr and "Reconnecting" not in run.stderr, run.stderr[-2000:]
+    # Each turn reached the upstream whole: previous_response_id was expanded by the gateway.
+    assert_one_tool_round_trip_reached_the_upstream(mock_upstream, upstream, token, secret)
+    rows = wait_for_rows(lambda: RequestLog.objects.filter(model_requested=model, endpoint="responses_websocket"), 2)
+    # Codex's first frame is a prewarm (generate: false) the gateway answers itself; then
+    # one row per turn, each a request of its own.
+    served = [r for r in rows if not r.note.startswith("prewarm")]
+    assert len(served) == 2 and all(r.status == 200 and r.provider for r in served), \
+        [(r.status, r.note, r.error_message) for r in rows]
 
 
-def test_a_websocket_handshake_on_the_api_is_refused_with_426_upgrade_required(live):
-    with pytest.raises(InvalidStatus) as refused:
-        connect(live.url.replace("http://", "ws://") + "/v1/responses", open_timeout=5,
-                additional_headers={"Authorization": f"Bearer {FULL_KEY}"})
-    assert refused.value.response.status_code == 426
+def wait_for_rows(query, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = list(query())
+        if len([r for r in rows if not r.note.startswith("prewarm")]) >= count:
+            return rows
+        time.sleep(0.05)
+    return list(query())
+
+
+@needs_codex
+def test_codex_with_a_wrong_key_is_told_at_once_over_the_websocket(live, mock_upstream, route_to, workspace,
+                                                                  tmp_path):
+    model, _ = route_to("chat")
+    work, _ = workspace
+
+    started = time.monotonic()
+    run = run_codex(gateway_url=live.url, key="sk-gw-wrong-key-0000", model=model, prompt="cat note.txt",
+                    cwd=work, home=tmp_path / "home", websockets=True)
+    took = time.monotonic() - started
+
+    # Codex gives up at once on a refused handshake whose status is 400, and shows its body.
+    assert run.returncode != 0 and took < 10, (run.returncode, took, run.stderr[-2000:])
+    assert "Incorrect API key provided." in run.stderr and "Reconnecting" not in run.stderr, run.stderr[-2000:]
+    assert not upstream_requests(mock_upstream, "chat")

@@ -109,6 +109,11 @@ models:
     targets:
       - provider: anthropic-direct
         model: claude-sonnet-4
+    prompt_rules:
+      - operation: strip_billing_header
+      - operation: user_template
+        text: "[{{date}} {{model}}] {{user_prompt}}"
+        order: 1
   gpt-4o-mini:
     aliases: [mini, gpt-mini]
     strategy: weighted
@@ -568,6 +573,9 @@ INVALID = {
     "bad regular expression": (
         _broken(r'"\\bACME\\b"', '"(ACME"'),
         "models.gpt-4o-mini.prompt_rules[0].pattern: invalid regular expression"),
+    "rule without its text": (
+        _broken('        text: "[{{date}} {{model}}] {{user_prompt}}"\n', ""),
+        "models.claude.prompt_rules[1].text: required for this operation (user_template)"),
     "malformed variable": (
         _broken("${ANTHROPIC_KEY}", "${ANTHROPIC KEY}"),
         "providers.anthropic-direct.keys[0].value: malformed variable reference '${ANTHROPIC KEY}'"),

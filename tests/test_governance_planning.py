@@ -148,3 +148,40 @@ def test_several_script_calls_go_in_one_round_trip_and_survive_a_redis_that_forg
     assert first_state.available and first_state.circuits == {1: "closed", 2: "closed"}
     assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
     assert third.reason == "rpm"
+
+
+def test_concurrent_requests_of_a_quiet_route_share_one_read_of_its_state(settings, monkeypatch):
+    import asyncio
+
+    from keys.auth import KeyEntry
+    from llmgateway.redis import new_async_client
+    from routing import admission
+
+    settings.GATEWAY_ROUTING_STATE_CACHE_S = 5
+    route = make_route_entry(make_target(), make_target())
+    key = KeyEntry(id=next(_ids), name="k", prefix="p", key_hash="h", enabled=True, expires_at=None,
+                   allowed_route_ids=None, rpm=None, tpm=None, budget_usd=None, budget_period="monthly",
+                   log_bodies=False)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    reads = []
+    real_run_scripts = admission.run_scripts
+
+    async def counted_run_scripts(client, calls):
+        reads.append(len(calls))
+        return await real_run_scripts(client, calls)
+
+    monkeypatch.setattr(admission, "run_scripts", counted_run_scripts)
+
+    async def twenty_requests():
+        client = new_async_client()
+        try:
+            demand = Demand.of(ENDPOINTS["chat"], body, "m", route)
+            return await asyncio.gather(*(admission.admit_and_plan(key, route, demand, None, client)
+                                          for _ in range(20)))
+        finally:
+            await client.aclose()
+
+    plans = asyncio.run(twenty_requests())
+
+    assert reads == [1]
+    assert all({t.id for t in plan.ordered} == {t.id for t in route.targets} for _, plan in plans)

@@ -245,7 +245,13 @@ def _look_at_the_page(browser, status_gateway, monitored_model):
     browser.get(status_gateway.url + "/status")
     card = browser.find_element(By.CSS_SELECTOR, f'[data-target-id="{monitored_model.pk}"]')
     assert "flaky-model" in card.text and card.get_attribute("data-state") == "degraded"
-    assert len(card.find_elements(By.CSS_SELECTOR, ".strip span")) == 24
+    # One bar per probe interval (2 s, rounded up to the 5-minute rollup bucket): 288 bars,
+    # drawn as same-coloured segments that grow by their number of bars, within the card.
+    strip = card.find_element(By.CSS_SELECTOR, ".strip")
+    assert strip.get_attribute("data-bars") == "288"
+    segments = strip.find_elements(By.CSS_SELECTOR, "span")
+    assert sum(int(s.value_of_css_property("flex-grow")) for s in segments) == 288
+    assert strip.size["width"] <= card.size["width"]
     shot = BASE_DIR / "docs" / "screenshots" / "status.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shot))

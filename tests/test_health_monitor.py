@@ -286,17 +286,17 @@ def test_probe_spend_is_priced_from_the_catalog_and_added_up_per_month(monitored
 
 
 def test_the_pipelines_failures_map_to_probe_error_kinds():
-    from healthcheck.probes import _pipeline_error_kind
+    from healthcheck.probes import pipeline_error_kind
 
     # (status, the request log's error kind and detail) as the pipeline leaves them
-    assert _pipeline_error_kind(502, "upstream_connect", "mock/m: host name not resolved (gaierror)") == "dns_error"
-    assert _pipeline_error_kind(502, "upstream_connect", "mock/m: could not connect (ConnectError)") == "connection_refused"
-    assert _pipeline_error_kind(504, "upstream_timeout", "mock/m: timed out") == "timeout"
-    assert _pipeline_error_kind(502, "upstream_auth", "") == "auth"
-    assert _pipeline_error_kind(502, "upstream_bad_answer", "") == "bad_response"
-    assert _pipeline_error_kind(429, "upstream_http", "") == "rate_limited"
-    assert _pipeline_error_kind(503, "upstream_http", "") == "upstream_5xx"
-    assert _pipeline_error_kind(404, "model_not_found", "") == "not_found"
+    assert pipeline_error_kind(502, "upstream_connect", "mock/m: host name not resolved (gaierror)") == "dns_error"
+    assert pipeline_error_kind(502, "upstream_connect", "mock/m: could not connect (ConnectError)") == "connection_refused"
+    assert pipeline_error_kind(504, "upstream_timeout", "mock/m: timed out") == "timeout"
+    assert pipeline_error_kind(502, "upstream_auth", "") == "auth"
+    assert pipeline_error_kind(502, "upstream_bad_answer", "") == "bad_response"
+    assert pipeline_error_kind(429, "upstream_http", "") == "rate_limited"
+    assert pipeline_error_kind(503, "upstream_http", "") == "upstream_5xx"
+    assert pipeline_error_kind(404, "model_not_found", "") == "not_found"
 
 
 @pytest.mark.django_db(transaction=True)

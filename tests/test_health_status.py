@@ -20,6 +20,15 @@ def fresh_rate_limits(redis_url):
         client.delete(key)
 
 
+@pytest.fixture(autouse=True)
+def fresh_pages(settings):
+    """Every test sees its own data on the page: no rendering cached by an earlier one."""
+    from django.core.cache import cache
+
+    settings.HEALTH_STATUS_STALE_S = 0
+    cache.clear()
+
+
 @pytest.fixture
 def observed(db):
     """Monitoring on, two models with an hour of runs: one healthy, one down."""
@@ -120,10 +129,36 @@ def test_the_page_shows_a_card_per_model_with_a_24_hour_strip(client, observed):
     html = response.content.decode()
     assert response.status_code == 200
     assert html.count('class="card"') == 2
-    assert html.count('class="strip"') == 2
+    assert html.count('class="strip dense"') == 2  # default interval: one bar per 5 minutes
+    assert html.count('data-bars="288"') == 2
     assert 'hx-trigger="every 60s"' in html and "htmx.min.js" in html
     assert 'href="/status"' in html  # the refresh works without JavaScript too
     assert "Operational" in html and "Down" in html
+
+
+def strip_of(html: str, target_id: int) -> list[tuple[str, int]]:
+    """(colour, bars) of each segment of a card's strip."""
+    import re
+
+    card = html[html.index(f'data-target-id="{target_id}"'):]
+    card = card[:card.index("</section>")]
+    return [(state, int(bars)) for state, bars in re.findall(r'<span class="(\w+)" style="flex-grow:(\d+)"', card)]
+
+
+def test_the_strip_has_one_bar_per_probe_interval_coloured_by_availability(client, observed):
+    good, bad = observed["good"], observed["bad"]
+    HealthTarget.objects.filter(pk=bad.pk).update(interval_s=900)
+    html = client.get("/status").content.decode()
+    good_strip, bad_strip = strip_of(html, good.pk), strip_of(html, bad.pk)
+    assert sum(bars for _, bars in good_strip) == 288  # 5-minute probes: 5-minute bars
+    assert sum(bars for _, bars in bad_strip) == 96  # 15-minute probes: 15-minute bars
+    # Nothing until an hour ago (grey), then a run every 5 minutes until 5 minutes ago: green
+    # for one, red for the other (and grey again for a current bar without a run yet).
+    assert [state for state, _ in good_strip][:2] == ["unknown", "healthy"]
+    assert 11 <= dict(good_strip)["healthy"] <= 12
+    assert [state for state, _ in bad_strip][:2] == ["unknown", "down"]
+    assert 4 <= dict(bad_strip)["down"] <= 5
+    assert 'data-bar-minutes="15"' in html
 
 
 def test_htmx_gets_only_the_cards_from_the_same_view(client, observed):
@@ -155,3 +190,45 @@ def test_a_target_with_no_run_in_the_last_hour_is_unknown(client, observed):
     HealthTarget.objects.filter(pk=observed["good"].pk).update(last_run_at=timezone.now() - timezone.timedelta(hours=2))
     records = {r["name"]: r for r in client.get("/public/health/targets").json()["targets"]}
     assert records["gpt-4o-mini"]["state"] == "unknown"
+
+
+def test_the_cards_are_rendered_once_and_again_only_after_a_run_changes_them(client, observed):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as first:
+        assert client.get("/status").status_code == 200
+    with CaptureQueriesContext(connection) as again:
+        cached = client.get("/status").content.decode()
+    assert len(again) < len(first)
+    assert not any("healthtarget" in q["sql"] for q in again.captured_queries)  # served from the cache
+    assert 'data-state="down"' in cached
+
+    for minutes in (4, 4, 3, 3, 2, 2, 1, 1, 0):
+        make_run(observed["bad"], minutes_ago=minutes, latency_ms=90.0)  # the bad one recovers
+    with CaptureQueriesContext(connection) as after_runs:
+        html = client.get("/status").content.decode()
+    assert any("healthtarget" in q["sql"] for q in after_runs.captured_queries)  # rebuilt
+    measured = [state for state, _ in strip_of(html, observed["bad"].pk) if state != "unknown"]
+    assert measured[-1] in ("healthy", "degraded")
+
+
+def test_a_kept_strip_moves_on_with_the_clock_without_reading_rollups():
+    from datetime import timedelta
+
+    from healthcheck.rollups import BUCKET_S, bucket_of, bucket_start, keep_strip, strip
+
+    now = bucket_start(bucket_of(timezone.now())) + timedelta(seconds=1)
+    current = bucket_of(now)
+    rows = [(current - age, 1, 1 if age == 2 else 0) for age in range(12)]  # an hour, one failure
+    kept, cells = keep_strip(rows, current, per_bar=1)
+
+    assert [(s["state"], s["bars"]) for s in strip(kept, 1, now).segments] == [
+        ("unknown", 276), ("healthy", 9), ("down", 1), ("healthy", 2)]
+    later = strip(kept, 1, now + timedelta(seconds=3 * BUCKET_S))  # three buckets without a run since
+    assert [(s["state"], s["bars"]) for s in later.segments] == [
+        ("unknown", 273), ("healthy", 9), ("down", 1), ("healthy", 2), ("unknown", 3)]
+    hourly = strip(kept, 12, now, cells=lambda: cells)  # another bar size: cut again from the cells
+    assert sum(s["bars"] for s in hourly.segments) == 24
+    failing_hours = [s for s in hourly.segments if s["state"] in ("degraded", "down")]
+    assert len(failing_hours) == 1 and failing_hours[0]["bars"] == 1  # the hour with the failure

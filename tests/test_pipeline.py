@@ -278,9 +278,9 @@ def test_a_request_with_a_lone_surrogate_is_served_and_logged_sanitised(live, mo
     assert not wait_for_log(after.headers["x-request-id"]).sanitized  # logging goes on
 
 
-def test_prompt_rules_rewrite_chat_requests_and_leave_other_formats_as_sent(live, mock, db_access):
-    """Rules understand chat messages only for now (the admin says so): an Anthropic request
-    must not get a chat-shaped system message pushed into its messages."""
+def test_prompt_rules_rewrite_each_format_in_its_own_shape(live, mock, db_access):
+    """An Anthropic request gets the rule in its system prompt, never a chat-shaped system message
+    pushed into its messages (the rules are applied in the client's format, then translated)."""
     from routing.models import PromptRule
 
     route = make_route(make_provider(mock.base_url))
@@ -291,7 +291,8 @@ def test_prompt_rules_rewrite_chat_requests_and_leave_other_formats_as_sent(live
     answered = httpx.post(live.url + "/v1/messages", timeout=10, headers={"x-api-key": FULL_KEY},
                           json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
     assert answered.status_code == 200
-    assert "RULE-TEXT" not in json.dumps(mock.requests[-1]["json"])
+    assert mock.requests[-1]["json"]["messages"] == [{"role": "system", "content": "RULE-TEXT"},
+                                                     {"role": "user", "content": "hi"}]
 
 
 def test_native_responses_is_ignored_for_a_provider_type_that_cannot_speak_it(live, mock, db_access):
@@ -301,3 +302,41 @@ def test_native_responses_is_ignored_for_a_provider_type_that_cannot_speak_it(li
                           json={"model": model, "input": "hi"})
     assert answered.status_code == 200 and answered.json()["object"] == "response"
     assert mock.requests[-1]["path"] == "/v1/messages"  # translated, not sent as a Responses request
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_the_upstream_client_keeps_no_cookie_from_one_answer_for_the_next_request(transport, settings):
+    """One client serves every tenant: a cookie an upstream set must not ride on anybody's next request."""
+    import asyncio
+
+    from aiohttp import web
+
+    from providers.upstream import make_client
+
+    settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = True
+    seen = []
+
+    async def handler(request):
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"ok": True})
+        response.set_cookie("session", "tenant-a-secret")
+        return response
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = make_client(transport)
+        try:
+            for _ in range(2):
+                response = await client.get(f"http://127.0.0.1:{port}/")
+                assert response.status_code == 200
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == [None, None]

@@ -3,6 +3,7 @@ SDKs as clients: chat completions, Anthropic Messages and OpenAI Responses in; O
 compatible, Anthropic, Gemini and Azure OpenAI upstreams out (the mock speaks each natively);
 streamed and not; text, a tool round trip with two parallel calls, an image, reasoning."""
 import base64
+import json
 
 import anthropic
 import openai
@@ -221,3 +222,175 @@ def test_anthropic_clients_list_models_in_anthropics_format(sdk, routes):
     one = sdk["anthropic"].models.retrieve(names["gemini"])
     assert one.id == names["gemini"] and one.display_name == names["gemini"]
     assert sdk["openai"].models.retrieve(names["gemini"]).object == "model"  # OpenAI's for OpenAI clients
+
+
+# ---------------------------------------------------------------- reasoning across a tool turn
+# Every upstream here thinks on every turn and, like DeepSeek, Gemini and Anthropic do, rejects
+# a tool turn whose earlier reasoning does not come back with it (the mock's require_signature).
+REASONING_UPSTREAMS = ("openai", "gemini", "anthropic")
+THINKS = {"reasoning": True, "require_signature": True}
+
+
+@pytest.fixture(scope="module")
+def reasoning_routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
+    root = mock_upstream.base_url.rsplit("/v1", 1)[0]
+    base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url, "gemini": root + "/v1beta",
+                 "responses": mock_upstream.base_url, "openai-lenient": mock_upstream.base_url,
+                 "anthropic-lenient": mock_upstream.base_url}
+    with django_db_blocker.unblock():
+        names, routes = {}, []
+        for kind, url in base_urls.items():
+            # *-lenient: a reasoning upstream that accepts a turn without its earlier reasoning
+            lenient = kind.endswith("-lenient")
+            kind_fields = {"type": "openai", "native_responses": True} if kind == "responses" else \
+                {"type": kind.removesuffix("-lenient")}
+            provider = make_provider(url, fault={"reasoning": True} if lenient else THINKS, **kind_fields)
+            routes.append(make_route((provider, "mock-reasoner"), max_attempts=1))
+            names[kind] = routes[-1].name
+        _, secret = make_key(routes=routes)
+    for name in names.values():
+        wait_for_model(gateway, name, key=secret)
+    return names, secret
+
+
+@pytest.fixture(scope="module")
+def reasoning_sdk(gateway, reasoning_routes):
+    _, secret = reasoning_routes
+    return {
+        "openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
+        "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20),
+    }
+
+
+MESSAGES_TOOLS = [{"name": "get_weather", "input_schema": WEATHER}]
+RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def thinking_turn(client, model, messages, stream):
+    """One Messages turn with thinking on; the raw answer (for its x-request-id) and the message."""
+    kwargs = dict(model=model, max_tokens=2000, messages=messages, tools=MESSAGES_TOOLS, thinking=THINKING)
+    if stream:
+        with client.messages.with_streaming_response.create(stream=True, **kwargs) as raw:
+            request_id = raw.headers["x-request-id"]
+            with client.messages.stream(**kwargs) as events:  # the SDK's own accumulation
+                return request_id, events.get_final_message()
+    raw = client.messages.with_raw_response.create(**kwargs)
+    return raw.headers["x-request-id"], raw.parse()
+
+
+def reasoning_turn(client, model, items, stream):
+    kwargs = dict(model=model, input=items, tools=RESPONSES_TOOLS, reasoning={"effort": "low"}, store=False,
+                  include=["reasoning.encrypted_content"])
+    if stream:
+        with client.responses.stream(**kwargs) as events:
+            return events.get_final_response()
+    return client.responses.create(**kwargs)
+
+
+def last_upstream_body(mock_upstream):
+    return mock_upstream.requests[-1]["json"]
+
+
+def replayed_reasoning(upstream: str, body: dict):
+    """What the upstream received of the earlier turn's reasoning: chat's reasoning_content,
+    Gemini's thoughtSignature on the function call, Anthropic's signed thinking block."""
+    if upstream == "openai":
+        return [m.get("reasoning_content") for m in body["messages"] if m["role"] == "assistant"]
+    if upstream == "responses":
+        return [i.get("encrypted_content") for i in body["input"] if i.get("type") == "reasoning"]
+    if upstream == "gemini":
+        return [p.get("thoughtSignature") for c in body["contents"] if c.get("role") == "model"
+                for p in c["parts"] if p.get("thoughtSignature")]
+    return [(b.get("thinking"), b.get("signature")) for m in body["messages"] if m["role"] == "assistant"
+            for b in m["content"] if b.get("type") == "thinking"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", REASONING_UPSTREAMS)
+def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, reasoning_routes, mock_upstream,
+                                                                 upstream, stream):
+    model = reasoning_routes[0][upstream]
+    client = reasoning_sdk["anthropic"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    _, first = thinking_turn(client, model, prompt, stream)
+    thinking = [b for b in first.content if b.type == "thinking"]
+    calls = [b for b in first.content if b.type == "tool_use"]
+    assert thinking and thinking[0].thinking.startswith("Thinking about") and calls
+    signatures = [b.signature for b in thinking if b.signature]
+    if upstream != "openai":  # (reasoning_content comes unsigned: its thinking block has an empty signature)
+        assert signatures, "signed reasoning reaches the client with its signature"
+    turn1_upstream = last_upstream_body(mock_upstream)
+
+    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id,
+                                                      "content": f"sunny-{i}"} for i, c in enumerate(calls)]}]
+    _, second = thinking_turn(client, model, history, stream)
+
+    # The upstream would have answered 400 without its reasoning: the tool result made it through.
+    assert "sunny-0" in "".join(b.text for b in second.content if b.type == "text")
+    replayed = replayed_reasoning(upstream, last_upstream_body(mock_upstream))
+    assert replayed and replayed_reasoning(upstream, turn1_upstream) == []
+    if upstream == "openai":
+        assert replayed == [thinking[0].thinking]
+    elif upstream == "gemini":  # the signature the client held, unsealed, byte for byte
+        assert [sig.removeprefix("gemini:") for sig in signatures] == replayed
+    else:
+        assert replayed == [(thinking[0].thinking, thinking[0].signature)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream", REASONING_UPSTREAMS + ("responses",))
+def test_a_responses_client_keeps_reasoning_items_across_a_tool_turn(reasoning_sdk, reasoning_routes, mock_upstream,
+                                                                     upstream, stream):
+    model = reasoning_routes[0][upstream]
+    client = reasoning_sdk["openai"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    first = reasoning_turn(client, model, prompt, stream)
+    reasoning = [i for i in first.output if i.type == "reasoning"]
+    calls = [i for i in first.output if i.type == "function_call"]
+    assert reasoning and calls
+
+    items = prompt + [i.model_dump(exclude_none=True) for i in first.output] + [
+        {"type": "function_call_output", "call_id": c.call_id, "output": f"sunny-{i}"} for i, c in enumerate(calls)]
+    second = reasoning_turn(client, model, items, stream)
+
+    assert "sunny-0" in second.output_text
+    replayed = replayed_reasoning(upstream, last_upstream_body(mock_upstream))
+    assert replayed
+    sealed = [r.encrypted_content for r in reasoning if r.encrypted_content]
+    if upstream == "openai":
+        assert replayed == ["\n\n".join(part.text for part in reasoning[0].summary)]
+    elif upstream == "responses":  # Responses in, Responses out: encrypted_content byte for byte
+        assert sealed and replayed == sealed
+    elif upstream == "gemini":  # encrypted_content carried the signature: back byte for byte
+        assert [s.removeprefix("gemini:") for s in sealed] == replayed
+    elif upstream == "anthropic":
+        assert [s.removeprefix("anthropic_messages:") for s in sealed] == [sig for _, sig in replayed]
+
+
+@pytest.mark.parametrize("other", ["openai-lenient", "anthropic-lenient"])
+def test_signed_reasoning_from_another_upstream_is_dropped_with_a_diagnostic(reasoning_sdk, reasoning_routes,
+                                                                             mock_upstream, db_access, other):
+    from .conftest import wait_for_log
+
+    names, _ = reasoning_routes
+    client = reasoning_sdk["anthropic"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    _, first = thinking_turn(client, names["gemini"], prompt, stream=False)
+    signatures = [b.signature for b in first.content if b.type == "thinking" and b.signature]
+    assert signatures
+    calls = [b for b in first.content if b.type == "tool_use"]
+    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
+                                                     for c in calls]}]
+
+    # The conversation moves to another upstream model: Gemini's signed thought is not valid there.
+    request_id, second = thinking_turn(client, names[other], history, stream=False)
+
+    assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
+    sent = json.dumps(last_upstream_body(mock_upstream))
+    assert not any(sig.removeprefix("gemini:") in sent for sig in signatures), sent
+    row = wait_for_log(request_id)
+    assert ("messages[1]" in row.diagnostics or "messages.1" in row.diagnostics), row.diagnostics
+    assert "reasoning" in row.diagnostics, row.diagnostics

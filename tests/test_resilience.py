@@ -11,6 +11,7 @@ from routing import resilience
 from routing.resilience import (
     Policy, bind, lookup, parse_duration, parse_reset_headers, read_state, release_probe, report_attempt,
 )
+from llmgateway.redis import run_scripts
 from tests.test_limits import closed_port_url, run
 
 _ids = itertools.count(int(time.time() * 1000) % 10**9 * 1000)
@@ -227,6 +228,37 @@ def test_latency_is_a_moving_average_of_successful_attempts():
 
     state = run(work)
     assert state.latency_ms == {fast: 150.0, slow: 900.0}
+
+
+def test_successes_of_one_target_sent_together_fold_into_one_call_with_the_same_moving_average():
+    route, target, other = new_id(), new_id(), new_id()
+    policy = make_policy(latency_alpha=0.5)
+    successes = [resilience.prepare_report(route, target, None, outcome="ok", latency_ms=ms, policy=policy)
+                 for ms in (100, 100, 100)]
+    failure = resilience.prepare_report(route, other, None, outcome="failed", policy=policy)
+
+    folded = resilience.fold_successes([*successes, failure])
+
+    assert len(folded) == 2 and failure in folded
+
+    async def work(r):
+        await report_attempt(route, target, None, outcome="ok", latency_ms=500, policy=policy, redis=r)
+        await run_scripts(r, folded)
+        return await read_state(route, [target], policy=policy, redis=r)
+
+    # One by one: 500 -> 300 -> 200 -> 150; folded, three samples of 100 weigh 1 - 0.5 ** 3.
+    assert run(work).latency_ms == {target: 150.0}
+
+
+def test_a_probe_a_session_binding_or_a_failure_never_folds():
+    route, target = new_id(), new_id()
+    policy = make_policy()
+    calls = [resilience.prepare_report(route, target, None, outcome="ok", probe=True, policy=policy),
+             resilience.prepare_report(route, target, None, outcome="ok", bind_session=("s", 60), policy=policy),
+             resilience.prepare_report(route, target, None, outcome="failed", policy=policy),
+             resilience.prepare_report(route, target, None, outcome="failed", policy=policy)]
+
+    assert resilience.fold_successes(calls) == calls
 
 
 def test_retries_are_at_most_a_share_of_the_route_s_requests():

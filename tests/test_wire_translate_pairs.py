@@ -145,3 +145,17 @@ def test_a_stream_fed_in_small_pieces_gives_the_same_client_bytes(src, dst):
     want = whole.feed(upstream) + whole.finish()
     got = b"".join(pieces.feed(upstream[i:i + 5]) for i in range(0, len(upstream), 5)) + pieces.finish()
     assert got == want
+
+
+def test_a_same_format_request_is_known_to_carry_reasoning_another_provider_sealed():
+    from providers.wire.seals import foreign_in
+
+    gemini_sealed = b'{"messages":[{"role":"assistant","content":[{"type":"thinking","signature": "gemini:c2ln"}]}]}'
+    own = b'{"messages":[{"role":"assistant","content":[{"type":"thinking","signature":"ErUBCkYI"}]}]}'
+    responses_sealed = b'{"input":[{"type":"reasoning","encrypted_content":"openai_responses:rs_1:gAAA"}]}'
+
+    assert foreign_in(gemini_sealed, "anthropic_messages")
+    assert not foreign_in(own, "anthropic_messages")
+    assert not foreign_in(responses_sealed, "openai_responses")
+    assert foreign_in(responses_sealed, "gemini")
+    assert not foreign_in(b'{"messages":[{"role":"user","content":"signature: gemini:x"}]}', "anthropic_messages")

@@ -7,7 +7,7 @@ from providers.models import Provider
 from routing.models import Route, RouteTarget
 
 from .schema import _BAD, _fail
-from .validators import validate_regex
+from .validators import prompt_rule_errors, validate_regex
 
 
 def check_references(data: dict, errors: list[str]) -> None:
@@ -68,9 +68,10 @@ def _check_route(name, spec, providers, errors):
 
 
 def _check_rule(rule, path, errors):
-    pattern = rule["pattern"]
-    if rule["operation"] in ("replace", "remove") and pattern == "":
-        _fail(errors, f"{path}.pattern", f"required for operation {rule['operation']!r}")
+    pattern, text = rule["pattern"], rule["text"]
+    if _BAD not in (rule["operation"], pattern, text):
+        for field, message in prompt_rule_errors(rule["operation"], pattern, text).items():
+            _fail(errors, f"{path}.{field}", f"{message} ({rule['operation']})")
     if isinstance(pattern, str) and pattern:
         try:
             validate_regex(pattern)

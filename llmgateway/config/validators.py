@@ -26,6 +26,22 @@ def validate_regex(pattern: str) -> None:
         raise ValidationError(_("invalid regular expression: %(error)s") % {"error": exc}, code="regex") from None
 
 
+# What a prompt rule's operation cannot do without (the rest ignore the field).
+PATTERN_OPERATIONS = frozenset({"replace", "remove"})
+TEXT_OPERATIONS = frozenset({"system_set", "system_prepend", "system_append", "user_prepend", "user_append",
+                             "user_template", "inject_once"})
+
+
+def prompt_rule_errors(operation: str, pattern: str, text: str) -> dict[str, str]:
+    """Field name -> message, for a prompt rule whose operation lacks what it needs."""
+    errors = {}
+    if operation in PATTERN_OPERATIONS and not pattern:
+        errors["pattern"] = _("required for this operation")
+    if operation in TEXT_OPERATIONS and not text:
+        errors["text"] = _("required for this operation")
+    return errors
+
+
 def validate_status_code(code) -> None:
     if isinstance(code, bool) or not isinstance(code, int) or not MIN_STATUS_CODE <= code <= MAX_STATUS_CODE:
         raise ValidationError(_("%(code)s is not an HTTP status code (100-599)") % {"code": code}, code="status")

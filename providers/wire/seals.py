@@ -2,6 +2,8 @@
 (OpenAI Responses) is valid only for the provider that made it. Handed to a client of
 another format it is sealed with its origin, so that when the client sends it back the
 gateway can return it to that provider byte for byte and never pass it to another."""
+import re
+
 from .. import hub
 from . import FORMATS
 
@@ -44,3 +46,15 @@ def sealed_thinking(text: str, value: str | None, client: str, **fields):
 def foreign(part, upstream: str) -> bool:
     """Is this reasoning sealed by a provider of another format than `upstream`?"""
     return bool(part.signature or part.redacted or part.encrypted_content) and part.origin not in (None, upstream)
+
+
+# A sealed value in a request's raw JSON: the field that carries opaque reasoning in any
+# format, its value starting with a format's name.
+_SEALED = re.compile(rb'"(?:signature|encrypted_content|thoughtSignature|thought_signature)"\s*:\s*"('
+                     + "|".join(FORMATS).encode() + rb'):')
+
+
+def foreign_in(raw: bytes, upstream: str) -> bool:
+    """Does this raw request carry reasoning sealed by a provider of another format than
+    `upstream`? (One regex pass: same-format requests go out as sent unless it does.)"""
+    return any(match.group(1).decode() != upstream for match in _SEALED.finditer(raw))
