@@ -133,6 +133,30 @@ def test_the_caches_stay_within_their_bounds(db_access):
     assert (known, unknown) == (3, 2) and newest.key_hash == hash_key(secrets[-1])
 
 
+def test_a_lookup_that_began_before_a_change_is_not_kept(db_access):
+    """It may have read the row as it was before the change: the answer serves the requests
+    that waited for it, and the next request reads the key again."""
+    key, secret = make_key()
+    load = CountingLoad()
+    release = asyncio.Event()
+
+    async def slow_load(key_hash):
+        await release.wait()
+        return await load(key_hash)
+
+    async def main():
+        cache = KeyCache(load=slow_load)
+        waiting = asyncio.ensure_future(authenticate_request(bearer(secret), cache))
+        await asyncio.sleep(0.05)
+        cache.evict([hash_key(secret)])  # the poller saw the key change meanwhile
+        release.set()
+        await waiting
+        await authenticate_request(bearer(secret), cache)
+        return len(load.calls)
+
+    assert asyncio.run(main()) == 2
+
+
 # --- publishing key changes -----------------------------------------------------------------------
 
 def test_a_key_change_publishes_its_hash_and_leaves_the_config_version_alone(db_access):
