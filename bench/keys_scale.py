@@ -158,7 +158,8 @@ async def measure_lookups(secrets: list[str], samples: int) -> dict:
     per_key = (tracemalloc.get_traced_memory()[0] - before) / samples
     tracemalloc.stop()
     us = lambda v: round(v * 1e6, 1)  # noqa: E731
-    return {"cached_key_bytes": round(per_key), "cold_miss_us_p50": us(percentile(cold, 50)), "cold_miss_us_p99": us(percentile(cold, 99)),
+    return {"cached_key_bytes": round(per_key),
+            "cold_miss_us_p50": us(percentile(cold, 50)), "cold_miss_us_p99": us(percentile(cold, 99)),
             "warm_hit_us_p50": us(percentile(warm, 50)), "warm_hit_us_p99": us(percentile(warm, 99)),
             "queries": cache.loads}
 

@@ -177,7 +177,7 @@ def test_a_key_change_publishes_its_hash_and_leaves_the_config_version_alone(db_
 
 
 def test_a_process_evicts_just_the_changed_keys_and_clears_all_on_a_gap(db_access):
-    (key_a, secret_a), (key_b, secret_b) = make_key(), make_key()
+    (key_a, secret_a), (_, secret_b) = make_key(), make_key()
 
     async def main():
         client = new_async_redis()
