@@ -16,6 +16,7 @@ from types import MappingProxyType
 import httpx
 
 from keys.auth import KeyEntry
+from keys.lookup import load_key
 from llmgateway import runtime
 from providers.upstream import is_dns_error, is_timeout
 from routing.snapshot import MAX_AGE_S, RouteEntry, Snapshot, TargetEntry
@@ -283,7 +284,7 @@ async def probe(spec: ProbeSpec, key_id: int) -> ProbeResult:
 
     async with runtime.opened():
         snapshot = await sync_to_async(_current_snapshot, thread_sensitive=False)()
-        key = next((k for k in snapshot.keys_by_hash.values() if k.id == key_id), None)
+        key = await sync_to_async(load_key, thread_sensitive=False)(key_id=key_id)  # keys are not in snapshots
         if key is None:
             return ProbeResult(ok=False, error_kind="exception", error_message="The monitoring key is not configured.")
         result = await run_probe(spec, snapshot, key)

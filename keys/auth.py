@@ -1,12 +1,16 @@
-"""Authentication of virtual keys against the in-memory snapshot. No database access."""
+"""Authentication of virtual keys: against a mapping of key hashes (no I/O), or against the
+process's key cache (keys/lookup.py), which reads the database only on a miss."""
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from llmgateway.errors import AuthenticationFailed, PermissionDenied
+from llmgateway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
 from .secrets import hash_key
+
+log = logging.getLogger(__name__)
 
 # One answer for an unknown, wrong, disabled or expired key: a client cannot tell them apart
 # (the request log keeps the real reason for the operator).
@@ -45,7 +49,7 @@ class KeyEntry:
 
 
 def key_entry(vk, allowed_route_ids) -> KeyEntry:
-    """Build the entry for a VirtualKey row (called when the snapshot is built)."""
+    """The entry for a VirtualKey row (keys/lookup.py reads rows as values, not models)."""
     return KeyEntry(
         id=vk.pk,
         name=vk.name,
@@ -76,16 +80,38 @@ def presented_key(meta) -> str | None:
     return meta.get("HTTP_API_KEY") or meta.get("HTTP_X_API_KEY") or None
 
 
-def authenticate(meta, keys_by_hash: dict[str, KeyEntry], now: float | None = None) -> KeyEntry:
+def authenticate(meta, keys_by_hash, now: float | None = None) -> KeyEntry:
     """The key entry for the request's credentials, or raise AuthenticationFailed."""
+    digest = presented_digest(meta)
+    return verified(digest, keys_by_hash.get(digest), now)
+
+
+async def authenticate_request(meta, key_cache, now: float | None = None) -> KeyEntry:
+    """authenticate() against a KeyCache: a cached key costs a dict lookup; an uncached one
+    one indexed query in a worker thread."""
+    digest = presented_digest(meta)
+    try:
+        entry = await key_cache.get(digest)
+    except Exception as exc:  # the database is down: not the client's fault, and not a 401
+        log.error("cannot look the virtual key up: %s", type(exc).__name__)
+        raise ServiceUnavailable("The gateway cannot check API keys right now; try again in a moment.",
+                                 code="not_ready", headers={"Retry-After": "1"}) from None
+    return verified(digest, entry, now)
+
+
+def presented_digest(meta) -> str:
     plaintext = presented_key(meta)
     if plaintext is None:
         raise AuthenticationFailed(
             "Missing API key. Send it as 'Authorization: Bearer <key>' (or the 'api-key' header).",
             log_message=NO_KEY,
         )
-    digest = hash_key(plaintext)
-    entry = keys_by_hash.get(digest)
+    return hash_key(plaintext)
+
+
+def verified(digest: str, entry: KeyEntry | None, now: float | None = None) -> KeyEntry:
+    """`entry` if it is the key for `digest` and usable now; else the one answer for every
+    refused key (AuthenticationFailed with the real reason for the log)."""
     matched = hmac.compare_digest(digest, entry.key_hash if entry else _NO_SUCH_HASH)
     if entry is None or not matched:
         raise AuthenticationFailed(WRONG_KEY, log_message=NO_SUCH_KEY)

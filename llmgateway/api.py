@@ -6,7 +6,7 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
 from keys import authfailures
-from keys.auth import NO_KEY, NO_SUCH_KEY, authenticate
+from keys.auth import NO_KEY, NO_SUCH_KEY, authenticate_request
 from providers.wire import CODECS
 from routing.api import router
 from routing.endpoints import ENDPOINTS, endpoint_at
@@ -37,7 +37,7 @@ def begin_record(request) -> RequestRecord:
 
 
 class VirtualKeyAuth:
-    """Finds the request's virtual key in the snapshot; raises GatewayError when it can't."""
+    """Finds the request's virtual key (keys/lookup.py); raises GatewayError when it can't."""
 
     async def __call__(self, request):
         record = begin_record(request)
@@ -52,8 +52,9 @@ class VirtualKeyAuth:
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
                                      headers={"Retry-After": "1"})
+        gateway = runtime.current()
         try:
-            request.auth_snapshot = snapshot = await runtime.current().snapshot()
+            request.auth_snapshot = await gateway.snapshot()
         except Exception as exc:  # retried by the next request; /readyz says not ready meanwhile
             log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
             raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
@@ -63,9 +64,9 @@ class VirtualKeyAuth:
         if blocked:  # even with a valid key: else a key guesser would read its 200 among the 429s
             raise authfailures.blocked_error(blocked)
         try:
-            record.key = key = authenticate(request.META, snapshot.keys_by_hash)
+            record.key = key = await authenticate_request(request.META, gateway.keeper.keys)
         except AuthenticationFailed:
-            blocked = await authfailures.count_failure(runtime.current().redis, ip)
+            blocked = await authfailures.count_failure(gateway.redis, ip)
             if blocked:
                 raise authfailures.blocked_error(blocked) from None
             raise

@@ -189,6 +189,13 @@ GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
 # Past this many API requests in flight a process answers 503 at once (0: no limit).
 GATEWAY_MAX_IN_FLIGHT = env.int("GATEWAY_MAX_IN_FLIGHT", default=1000)
 GATEWAY_SNAPSHOT_POLL_S = env.float("GATEWAY_SNAPSHOT_POLL_S", default=1.0)
+# Virtual keys are looked up on demand (keys/lookup.py): how many known keys a process keeps,
+# how long (a backstop: changes are pushed through Redis), and how many hashes that match no
+# key it remembers, for how long (junk keys then cost one query per hash per TTL).
+GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=10_000)
+GATEWAY_KEY_CACHE_TTL_S = env.float("GATEWAY_KEY_CACHE_TTL_S", default=300.0)
+GATEWAY_KEY_NEGATIVE_CACHE_SIZE = env.int("GATEWAY_KEY_NEGATIVE_CACHE_SIZE", default=10_000)
+GATEWAY_KEY_NEGATIVE_TTL_S = env.float("GATEWAY_KEY_NEGATIVE_TTL_S", default=30.0)
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)

@@ -5,11 +5,19 @@ signals.py). Each gateway process polls that counter in the background and, when
 moves, rebuilds the snapshot from the database in a worker thread and swaps it in
 with one assignment. Requests never wait for the database, except the very first one
 in a process.
+
+Virtual keys are not in the snapshot: 100,000 of them made it slow to build, large, and
+rebuilt whole for any key's change. They are looked up on demand through the keeper's
+KeyCache (keys/lookup.py), which the same poller keeps in step with key changes.
 """
 import asyncio
+import gc
 import logging
 import re
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -17,7 +25,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from keys.auth import key_entry
+from keys.lookup import KeyCache
 from llmgateway.redis import async_client, sync_client, warn_unreachable
 from providers.adapters import ADAPTERS
 
@@ -93,7 +101,6 @@ class RouteEntry:
 class Snapshot:
     version: str
     built_at: float
-    keys_by_hash: MappingProxyType  # key hash -> KeyEntry
     routes_by_name: MappingProxyType  # name or alias -> RouteEntry
     routes: tuple[RouteEntry, ...]
     unusable_providers: tuple[str, ...] = ()  # names of providers that must not be called
@@ -123,10 +130,9 @@ def _catalog_fields(entry) -> dict:
 
 def build_snapshot(version: str = "") -> Snapshot:
     """Read the whole configuration from the database (synchronous: call it in a thread)."""
-    from keys.models import VirtualKey
     from providers.models import CatalogEntry, Provider
 
-    from .models import Route
+    from .models import PromptRule, Route, RouteTarget
 
     providers = {}
     for p in Provider.objects.filter(enabled=True).prefetch_related("keys"):
@@ -159,43 +165,52 @@ def build_snapshot(version: str = "") -> Snapshot:
     catalog = {(c.provider_id, c.model_id): (_price(c), c.context_window, c.max_output_tokens)
                for c in CatalogEntry.objects.all()}
 
+    # Flat queries grouped here: prefetch_related spent most of a 1,000-route build compiling
+    # IN lists and making model instances.
+    targets_of, rules_of = {}, {}
+    for t in (RouteTarget.objects.filter(enabled=True, route__enabled=True, provider_id__in=list(providers))
+              .order_by("route_id", "priority", "id")
+              .values_list("id", "route_id", "provider_id", "upstream_model", "priority", "weight")):
+        pk, route_id, provider_id, upstream_model, priority, weight = t
+        targets_of.setdefault(route_id, []).append(
+            TargetEntry(id=pk, provider=providers[provider_id], upstream_model=upstream_model, priority=priority,
+                        weight=weight, **_catalog_fields(catalog.get((provider_id, upstream_model)))))
+    for pk, route_id, operation, pattern, text in (
+            PromptRule.objects.filter(enabled=True, route__enabled=True).order_by("route_id", "order", "id")
+            .values_list("id", "route_id", "operation", "pattern", "text")):
+        if entry := _rule_entry(pk, operation, pattern, text):
+            rules_of.setdefault(route_id, []).append(entry)
+
     routes, by_name = [], {}
-    for r in Route.objects.filter(enabled=True).prefetch_related("targets", "prompt_rules"):
-        targets = tuple(
-            TargetEntry(id=t.pk, provider=providers[t.provider_id], upstream_model=t.upstream_model,
-                        priority=t.priority, weight=t.weight,
-                        **_catalog_fields(catalog.get((t.provider_id, t.upstream_model))))
-            for t in r.targets.all() if t.enabled and t.provider_id in providers
-        )
-        rules = tuple(entry for rule in r.prompt_rules.all() if rule.enabled and (entry := _rule_entry(rule)))
+    for r in Route.objects.filter(enabled=True).order_by("name").values(
+            "id", "name", "aliases", "strategy", "max_attempts", "retry_on_status", "cooldown_s", "created_at",
+            "session_ttl_s"):
         entry = RouteEntry(
-            id=r.pk, name=r.name, aliases=tuple(r.aliases or ()), strategy=r.strategy, max_attempts=r.max_attempts,
-            retry_on_status=frozenset(r.retry_on_status or ()), cooldown_s=r.cooldown_s, targets=targets,
-            rules=rules, created=int(r.created_at.timestamp()), session_ttl_s=r.session_ttl_s,
+            id=r["id"], name=r["name"], aliases=tuple(r["aliases"] or ()), strategy=r["strategy"],
+            max_attempts=r["max_attempts"], retry_on_status=frozenset(r["retry_on_status"] or ()),
+            cooldown_s=r["cooldown_s"], targets=tuple(targets_of.get(r["id"], ())),
+            rules=tuple(rules_of.get(r["id"], ())), created=int(r["created_at"].timestamp()),
+            session_ttl_s=r["session_ttl_s"],
         )
         routes.append(entry)
         for name in (*entry.aliases, entry.name):  # a route's own name wins over another's alias
             by_name[name] = entry
 
-    keys = {}
-    for vk in VirtualKey.objects.prefetch_related("allowed_routes"):
-        keys[vk.key_hash] = key_entry(vk, [r.pk for r in vk.allowed_routes.all()])
-
-    return Snapshot(version=version, built_at=time.monotonic(), keys_by_hash=MappingProxyType(keys),
+    return Snapshot(version=version, built_at=time.monotonic(),
                     routes_by_name=MappingProxyType(by_name), routes=tuple(routes),
                     unusable_providers=tuple(p.name for p in providers.values() if p.unusable))
 
 
-def _rule_entry(rule) -> RuleEntry | None:
+def _rule_entry(pk: int, operation: str, pattern: str, text: str) -> RuleEntry | None:
     """The rule, or None (logged) when its pattern does not compile."""
-    pattern = None
-    if rule.pattern:
+    compiled = None
+    if pattern:
         try:
-            pattern = re.compile(rule.pattern)
+            compiled = re.compile(pattern)
         except re.error:
-            log.error("prompt rule %s: pattern %r does not compile; rule skipped", rule.pk, rule.pattern)
+            log.error("prompt rule %s: pattern %r does not compile; rule skipped", pk, pattern)
             return None
-    return RuleEntry(operation=rule.operation, pattern=pattern, text=rule.text)
+    return RuleEntry(operation=operation, pattern=compiled, text=text)
 
 
 def bump_config_version() -> None:
@@ -207,10 +222,13 @@ def bump_config_version() -> None:
 
 
 class SnapshotKeeper:
-    """Holds the current snapshot of one event loop's runtime and keeps it fresh."""
+    """Holds the current snapshot and the key cache of one event loop's runtime, and keeps
+    both fresh."""
 
     def __init__(self):
         self.current: Snapshot | None = None
+        self.keys = KeyCache()
+        self.builds = 0  # snapshots built by this keeper (for tests and the bench)
         self._poller: asyncio.Task | None = None
         self._first_load: asyncio.Future | None = None
         self._pinned = False
@@ -261,6 +279,7 @@ class SnapshotKeeper:
         return value.decode() if value else "0"
 
     async def _rebuild(self, version: str) -> Snapshot:
+        self.builds += 1
         snapshot = await sync_to_async(_build_in_thread, thread_sensitive=False)(version)
         self.current = snapshot
         return snapshot
@@ -268,6 +287,12 @@ class SnapshotKeeper:
     async def _poll(self):
         while True:
             await asyncio.sleep(settings.GATEWAY_SNAPSHOT_POLL_S)
+            try:
+                await self.keys.follow_changes(async_client())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # cached keys stay until Redis answers (or their TTL ends)
+                warn_unreachable(exc, "virtual key changes reach this process when it answers again")
             try:
                 version = await self._read_version()
                 current = self.current
@@ -284,8 +309,43 @@ class SnapshotKeeper:
 
 def _build_in_thread(version: str) -> Snapshot:
     close_old_connections()
+    # No garbage collection while building: a build allocates thousands of objects, enough to
+    # set off a full collection, which then runs in this thread holding the GIL over every
+    # object of the process and stalls the event loop (see bench/keys_scale.py). What the build
+    # drops is freed by refcounting.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        return build_snapshot(version)
+        with _short_gil_turns():
+            return build_snapshot(version)
     finally:
+        if collecting:
+            gc.enable()
         close_old_connections()
+
+
+# While a build holds the GIL, the event loop waits up to the switch interval (5 ms by default)
+# each time it wants the GIL back, after every socket call: a request could wait that long
+# several times over. Shorter turns while a build runs bound each wait to BUILD_SWITCH_INTERVAL_S.
+BUILD_SWITCH_INTERVAL_S = 0.0005
+_builds_running = 0
+_builds_lock = threading.Lock()
+_normal_switch_interval = sys.getswitchinterval()
+
+
+@contextmanager
+def _short_gil_turns():
+    global _builds_running, _normal_switch_interval
+    with _builds_lock:
+        if _builds_running == 0:
+            _normal_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(BUILD_SWITCH_INTERVAL_S)
+        _builds_running += 1
+    try:
+        yield
+    finally:
+        with _builds_lock:
+            _builds_running -= 1
+            if _builds_running == 0:
+                sys.setswitchinterval(_normal_switch_interval)
 

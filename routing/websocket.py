@@ -21,7 +21,7 @@ import time
 
 from django.conf import settings
 
-from keys.auth import authenticate
+from keys.auth import authenticate_request
 from llmgateway import runtime
 from llmgateway.apihandler import stopping
 from llmgateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
@@ -191,13 +191,14 @@ class ResponsesSocket:
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.",
                                      code="server_shutting_down")
+        gateway = runtime.current()
         try:
-            snapshot = await runtime.current().snapshot()
+            await gateway.snapshot()
         except Exception as exc:
             log.error("cannot load the configuration snapshot: %s", type(exc).__name__)
             raise ServiceUnavailable("The gateway is not ready to serve yet; try again in a moment.",
                                      code="not_ready") from None
-        return authenticate(self.meta, snapshot.keys_by_hash)
+        return await authenticate_request(self.meta, gateway.keeper.keys)
 
     async def answer(self, text: str) -> bool:
         """Answer one client frame; False when the socket must close (the key is no longer valid)."""

@@ -235,7 +235,8 @@ def test_round_robin_rotates_the_first_target():
     assert sorted(firsts) == ["m0", "m0", "m1", "m1", "m2", "m2"]
 
 
-def test_the_snapshot_carries_routes_aliases_rules_keys_and_prices(db):
+def test_the_snapshot_carries_routes_aliases_rules_and_prices_and_keys_load_by_hash(db):
+    from keys.lookup import load_key
     from keys.models import VirtualKey
     from keys.secrets import hash_key
     from providers.models import CatalogEntry, Provider, ProviderKey
@@ -261,5 +262,5 @@ def test_the_snapshot_carries_routes_aliases_rules_keys_and_prices(db):
     assert entry is snapshot.route("model") and entry.targets[0].provider.keys[0].secret == "sk-upstream"
     assert [rule.operation for rule in entry.rules] == ["system_prepend", "remove"]
     assert entry.targets[0].price.cost(1_000_000, 1_000_000) == 3.0
-    assert snapshot.keys_by_hash[hash_key(secret)].name == "k"
+    assert load_key(hash_key(secret)).name == "k"  # keys are looked up on demand, not snapshotted
     assert "sk-upstream" not in repr(entry)
