@@ -159,7 +159,13 @@ class EventReader:
                     continue
                 events.append(_hub().Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += read_safely(self.read_event, event)
+            if event.__class__ is not dict:
+                events += read_safely(self.read_event, event)  # the error for a non-object
+                continue
+            try:  # read_safely, inlined: this runs for every event of a translated stream
+                events += self.read_event(event)
+            except (AttributeError, TypeError, KeyError, ValueError):
+                events.append(_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read."))
         return events
 
     def on_done(self) -> list:
