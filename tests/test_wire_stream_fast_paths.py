@@ -67,6 +67,19 @@ def test_thinking_and_tool_argument_deltas_are_byte_for_byte_what_named_event_wr
                                                             "delta": {"type": "input_json_delta", "partial_json": text}})
 
 
+def test_the_stop_events_are_byte_for_byte_what_named_event_writes():
+    writer = StreamWriter("claude-bench")
+    writer.write(hub.Start("up-1", "gpt-up"))
+    writer.write(hub.BlockStart(0, hub.BlockKind.TEXT))
+    writer.write(hub.BlockStop(0))
+    writer.write(hub.BlockStart(1, hub.BlockKind.TEXT))
+    writer.write(hub.BlockStart(2, hub.BlockKind.TEXT))
+    writer.write(hub.BlockStart(3, hub.BlockKind.TEXT))
+    ending = writer.write(hub.Finish(hub.StopReason.END))
+    assert ending.startswith(named_event("content_block_stop", {"type": "content_block_stop", "index": 3}))
+    assert ending.endswith(named_event("message_stop", {"type": "message_stop"}))
+
+
 def test_a_text_delta_for_a_stopped_or_foreign_block_still_writes_nothing():
     writer = StreamWriter("claude-bench")
     writer.write(hub.Start("up-1", "gpt-up"))

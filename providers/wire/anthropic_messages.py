@@ -688,7 +688,7 @@ class StreamWriter:
             return b""
         index = self._blocks[self._open]
         self._open = None
-        return named_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        return _BLOCK_STOP_EVENT % index
 
     def _finish(self, event: hub.Finish) -> bytes:
         self.finished = True
@@ -698,13 +698,16 @@ class StreamWriter:
                            "stop_sequence": event.stop_sequence},
                  "usage": write_usage(usage)}
         return (self._close_open() + named_event("message_delta", delta)
-                + named_event("message_stop", {"type": "message_stop"}))
+                + _MESSAGE_STOP_EVENT)
 
 
-# content_block_delta events, filled in rather than serialised: a stream is mostly these, and
-# the bytes are what named_event would write (compact JSON, non-ASCII escaped).
+# content_block_delta events (and the fixed stop events), filled in rather than serialised: a
+# stream is mostly these, and the bytes are what named_event would write (compact JSON,
+# non-ASCII escaped).
 _DELTA_EVENT = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
                 b'"delta":{"type":"%b","%b":%b}}\n\n')
+_BLOCK_STOP_EVENT = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+_MESSAGE_STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 _TEXT_DELTA = (b"text_delta", b"text")
 _THINKING_DELTA = (b"thinking_delta", b"thinking")
 _SIGNATURE_DELTA = (b"signature_delta", b"signature")
