@@ -92,6 +92,7 @@ def test_a_text_delta_for_a_stopped_or_foreign_block_still_writes_nothing():
 @pytest.mark.parametrize("payload", [
     b'{"a":1}', b' {"a": [1, 2.5, null, true]} ', b'{"t":"\xe4\xb8\xad"}', b'"\\ud83d"', b'{"a":1}\r\n',
     b'[DONE]', b'{"a":1} extra', b'{"a":', b'', b'\xff\xfe', b'[1, "x"]', b'{"a":1}{"b":2}',
+    '{"a":1}'.encode("utf-16-le"), '{"a":1}'.encode("utf-8-sig"),
 ])
 def test_an_event_is_decoded_exactly_as_json_loads_decodes_it(payload):
     try:

@@ -177,8 +177,8 @@ def decode_event(payload: bytes):
     try:
         text = payload.decode()
         value, end = _scan_json(text, 0)
-    except (UnicodeDecodeError, StopIteration):
-        return json.loads(payload)  # leading whitespace, another encoding, or not JSON: the slow path decides
+    except (StopIteration, ValueError):  # ValueError covers UnicodeDecodeError
+        return json.loads(payload)  # leading whitespace, a BOM, UTF-16, or not JSON: json.loads decides
     if end != len(text) and text[end:].strip(" \t\n\r"):
         raise ValueError("Extra data after the event's JSON")
     return value
