@@ -61,10 +61,10 @@ def test_thinking_and_tool_argument_deltas_are_byte_for_byte_what_named_event_wr
     writer.write(hub.BlockStop(0))
     writer.write(hub.BlockStart(1, hub.BlockKind.TOOL_CALL, tool_id="toolu_1", tool_name="f"))
     arguments = writer.write(hub.ToolArgsDelta(1, text))
-    assert thinking == named_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                           "delta": {"type": "thinking_delta", "thinking": text}})
-    assert arguments == named_event("content_block_delta", {"type": "content_block_delta", "index": 1,
-                                                            "delta": {"type": "input_json_delta", "partial_json": text}})
+    assert thinking == named_event("content_block_delta", {
+        "type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": text}})
+    assert arguments == named_event("content_block_delta", {
+        "type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": text}})
 
 
 def test_the_stop_events_are_byte_for_byte_what_named_event_writes():
