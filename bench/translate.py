@@ -1,9 +1,9 @@
 """Benchmark: a translated stream (Anthropic client, OpenAI-compatible upstream) against the
 same-protocol streams of the same gateway, at concurrency 1 and 32.
 
-    /work/venv/bin/python bench/translate.py                       # 10 s per cell, once
-    /work/venv/bin/python bench/translate.py --repeat 3 --duration 6
-    /work/venv/bin/python bench/translate.py --scenarios chat-openai,messages-openai
+    .venv/bin/python bench/translate.py                       # 10 s per cell, once
+    .venv/bin/python bench/translate.py --repeat 3 --duration 6
+    .venv/bin/python bench/translate.py --scenarios chat-openai,messages-openai
 
 Scenarios (every one a stream of 20 content events from the mock, all written at once):
 
