@@ -10,6 +10,8 @@ ClientSession (see docs/performance.md). `--client aiohttp` is there to cross-ch
         --body '{"model": "m", "messages": [...]}' --concurrency 32 --duration 10
 
 Time to first token is when the first SSE event with non-empty `content` (or `text`) arrives.
+A stream counts as complete when its last 64 bytes hold `--stream-end` (default `[DONE]`,
+OpenAI chat's end; `message_stop` for Anthropic Messages).
 """
 import argparse
 import asyncio
@@ -199,7 +201,8 @@ class RawConnection(asyncio.Protocol):
 
 
 class RawClient:
-    def __init__(self, url: str, headers: dict[str, str]):
+    def __init__(self, url: str, headers: dict[str, str], stream_end: bytes = b"[DONE]"):
+        self.stream_end = stream_end
         parts = urlsplit(url)
         if parts.scheme != "http":
             raise SystemExit("loadgen: only http:// URLs")
@@ -235,8 +238,8 @@ class RawClient:
                     body = conn.body
                     if conn.status != 200:
                         error = f"HTTP {conn.status}: {bytes(body[:200])!r}"
-                    elif is_stream and b"[DONE]" not in body[-64:]:
-                        error = f"stream without [DONE]: {bytes(body[-200:])!r}"
+                    elif is_stream and self.stream_end not in body[-64:]:
+                        error = f"stream without {self.stream_end.decode()}: {bytes(body[-200:])!r}"
                     elif is_stream and conn.first_token is None:
                         error = "stream without a content event"
                 except (ResponseError, OSError, asyncio.TimeoutError) as exc:
@@ -257,7 +260,8 @@ class RawClient:
 
 
 class AiohttpClient:
-    def __init__(self, url: str, headers: dict[str, str]):
+    def __init__(self, url: str, headers: dict[str, str], stream_end: bytes = b"[DONE]"):
+        self.stream_end = stream_end
         self.url = url
         self.headers = {"Content-Type": "application/json", **headers}
         self.session = None
@@ -296,8 +300,8 @@ class AiohttpClient:
                             first_token = time.perf_counter()
                     if resp.status != 200:
                         error = f"HTTP {resp.status}: {bytes(body[:200])!r}"
-                    elif is_stream and b"[DONE]" not in body[-64:]:
-                        error = "stream without [DONE]"
+                    elif is_stream and self.stream_end not in body[-64:]:
+                        error = f"stream without {self.stream_end.decode()}"
                     elif is_stream and first_token is None:
                         error = "stream without a content event"
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -311,7 +315,7 @@ class AiohttpClient:
 async def run(args) -> dict:
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
-    client = RawClient(args.url, headers) if args.client == "raw" else AiohttpClient(args.url, headers)
+    client = (RawClient if args.client == "raw" else AiohttpClient)(args.url, headers, args.stream_end.encode())
     bodies = []
     for text in args.body:
         parsed = json.loads(text)
@@ -371,6 +375,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--interval", type=float, default=None, help="also report req/s per interval")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
+    parser.add_argument("--stream-end", default="[DONE]",
+                        help="what the last 64 bytes of a complete stream hold (message_stop for Anthropic)")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)

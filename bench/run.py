@@ -188,8 +188,9 @@ def stream_body(chunks: int, chunk_delay: float) -> dict:
 class Stack:
     """Redis and the mock for the whole run; reference relay and gateway per transport."""
 
-    def __init__(self, procs: Processes, workdir: Path, reference_handler: str = "trimmed"):
+    def __init__(self, procs: Processes, workdir: Path, reference_handler: str = "trimmed", extra_setup: str = ""):
         self.procs = procs
+        self.extra_setup = extra_setup  # more ORM setup (bench/translate.py: an Anthropic provider and route)
         self.workdir = workdir
         self.reference_handler = reference_handler
         self.redis_port = free_port()
@@ -249,7 +250,8 @@ class Stack:
         mock_base = f"http://{HOST}:{self.mock_port}/v1"
         for argv in ([PYTHON, "manage.py", "migrate", "-v", "0"],
                      [PYTHON, "manage.py", "shell", "-c",
-                      SETUP.format(base_url=mock_base, model=MODEL, key=VIRTUAL_KEY, limited_key=LIMITED_KEY)]):
+                      SETUP.format(base_url=mock_base, model=MODEL, key=VIRTUAL_KEY, limited_key=LIMITED_KEY)
+                      + self.extra_setup.format(base_url=mock_base)]):
             done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             if done.returncode:
                 raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout}\n{done.stderr}")
@@ -286,16 +288,21 @@ class Stack:
 
 
 def run_load(procs: Processes, stack: Stack, target: str, bodies: list[dict], concurrency: int, duration: float,
-             warmup: float, client: str, interval: float | None = None, on_tick=None) -> dict:
-    """One load-generator run against one target, with the CPU used meanwhile by each server."""
-    argv = [PYTHON, str(BENCH / "loadgen.py"), "--url", stack.urls[target], "--concurrency", str(concurrency),
+             warmup: float, client: str, interval: float | None = None, on_tick=None, *, url: str | None = None,
+             headers: dict | None = None, server: str | None = None, stream_end: str | None = None) -> dict:
+    """One load-generator run against one target, with the CPU used meanwhile by each server.
+    `url`, `headers` and `server` (whose CPU is counted per request) default to the target's;
+    `stream_end` is the marker a complete stream ends with (default `[DONE]`)."""
+    argv = [PYTHON, str(BENCH / "loadgen.py"), "--url", url or stack.urls[target], "--concurrency", str(concurrency),
             "--duration", str(duration), "--warmup", str(warmup), "--client", client]
     for body in bodies:
         argv += ["--body", json.dumps(body)]
-    for name, value in stack.headers[target].items():
+    for name, value in (stack.headers[target] if headers is None else headers).items():
         argv += ["--header", f"{name}: {value}"]
     if interval:
         argv += ["--interval", str(interval)]
+    if stream_end:
+        argv += ["--stream-end", stream_end]
     servers = {"mock": stack.mock, "reference": stack.reference, "gateway": stack.gateway,
                "limited": stack.gateway}
     cpu_before = {name: cpu_seconds(p.pid) for name, p in servers.items()}
@@ -326,7 +333,7 @@ def run_load(procs: Processes, stack: Stack, target: str, bodies: list[dict], co
     result["cpu_pct"]["loadgen"] = result.pop("loadgen_cpu_pct", None)
     # CPU time of the server under test per answered request (warm-up included on both sides):
     # unlike req/s, it barely moves when something else on the machine takes CPU away.
-    server = "mock" if target == "direct" else target
+    server = server or ("mock" if target == "direct" else target)
     result["cpu_ms_per_req"] = round(1000 * used[server] / result["sent"], 3) if result["sent"] else None
     return result
 

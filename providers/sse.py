@@ -36,6 +36,18 @@ def split_events(block: bytes) -> list[bytes]:
     return [event + b"\n\n" for event in block.split(b"\n\n") if event.strip()]
 
 
+def block_data(block: bytes) -> list[bytes | None]:
+    """The data of each event of a block of whole events (None for a comment or data-less
+    event), without copying each event first: a translating relay reads every event."""
+    out = []
+    for event in block.split(b"\n\n"):
+        if event.startswith(b"data: ") and b"\n" not in event:  # the common single-line case
+            out.append(event[6:])
+        elif event.strip():
+            out.append(event_data(event + b"\n\n"))
+    return out
+
+
 def event_data(event: bytes) -> bytes | None:
     """The event's data (its `data:` lines joined), or None for a comment or data-less event."""
     if event.startswith(b"data: ") and event.count(b"\n") == 2:  # the common single-line case

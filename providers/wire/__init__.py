@@ -20,6 +20,12 @@ tests/test_wire_translate_pairs.py (every pair is then tested); its own playbook
 import importlib
 import json
 
+from ..sse import block_data
+
+# The C scanner behind json.loads, called directly: a stream event is decoded without
+# json.loads' encoding detection and wrappers (a translated stream decodes every event).
+_scan_json = json.JSONDecoder().scan_once
+
 FORMATS = ("openai_chat", "anthropic_messages", "openai_responses", "gemini")
 
 
@@ -138,26 +144,44 @@ class EventReader:
     `done`, and define `read_event`."""
 
     def feed(self, data: bytes) -> list:
-        from ..sse import event_data
-
+        block = self._splitter.feed_block(data)
+        if not block:
+            return []
         events = []
-        for raw in self._splitter.feed(data):
-            payload = event_data(raw)
+        for payload in block_data(block):
             if payload is None or self.done:
                 continue
-            if payload.strip() == b"[DONE]":
-                events += self.on_done()
-                continue
             try:
-                event = json.loads(payload)
+                event = decode_event(payload)
             except ValueError:
+                if payload.strip() == b"[DONE]":
+                    events += self.on_done()
+                    continue
                 events.append(_hub().Error("invalid_response", "The upstream sent an event that is not JSON."))
                 continue
-            events += read_safely(self.read_event, event)
+            if event.__class__ is not dict:
+                events += read_safely(self.read_event, event)  # the error for a non-object
+                continue
+            try:  # read_safely, inlined: this runs for every event of a translated stream
+                events += self.read_event(event)
+            except (AttributeError, TypeError, KeyError, ValueError):
+                events.append(_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read."))
         return events
 
     def on_done(self) -> list:
         return []
+
+
+def decode_event(payload: bytes):
+    """An event's JSON data, exactly as json.loads reads it (ValueError when it is not JSON)."""
+    try:
+        text = payload.decode()
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):  # ValueError covers UnicodeDecodeError
+        return json.loads(payload)  # leading whitespace, a BOM, UTF-16, or not JSON: json.loads decides
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError("Extra data after the event's JSON")
+    return value
 
 
 def _hub():

@@ -3,6 +3,7 @@ import base64
 import binascii
 import json
 import uuid
+from json.encoder import encode_basestring_ascii
 
 from .. import hub
 from ..sse import EventSplitter, named_event
@@ -613,31 +614,34 @@ class StreamWriter:
         self._input_usage: hub.Usage | None = None
 
     def write(self, event) -> bytes:
+        kind = type(event)
+        if kind is hub.TextDelta and self._open == event.index and self._kinds[event.index] is hub.BlockKind.TEXT:
+            return _delta_event(self._blocks[event.index], _TEXT_DELTA, event.text)  # most events: text, in order
         if self.finished:
             return b""
-        if isinstance(event, hub.Error):  # also before message_start: the SDKs raise on it
+        if kind is hub.Error:  # also before message_start: the SDKs raise on it
             self.finished = True
             return self._close_open() + error_event(500, event.type, event.message)
         out = b""
         if not self.started:
-            out += self._start(event if isinstance(event, hub.Start) else hub.Start("", ""))
-            if isinstance(event, hub.Start):
+            out += self._start(event if kind is hub.Start else hub.Start("", ""))
+            if kind is hub.Start:
                 return out
-        if isinstance(event, hub.BlockStart):
+        if kind is hub.BlockStart:
             out += self._open_block(event)
-        elif isinstance(event, hub.TextDelta):
-            out += self._delta(event.index, hub.BlockKind.TEXT, {"type": "text_delta", "text": event.text})
-        elif isinstance(event, hub.ThinkingDelta):
-            out += self._delta(event.index, hub.BlockKind.THINKING, {"type": "thinking_delta", "thinking": event.text})
-        elif isinstance(event, hub.SignatureDelta):
+        elif kind is hub.TextDelta:
+            out += self._delta(event.index, hub.BlockKind.TEXT, _TEXT_DELTA, event.text)
+        elif kind is hub.ThinkingDelta:
+            out += self._delta(event.index, hub.BlockKind.THINKING, _THINKING_DELTA, event.text)
+        elif kind is hub.SignatureDelta:
             signature = seal(event.signature, event.origin, FORMAT, event.id)
-            out += self._delta(event.index, hub.BlockKind.THINKING, {"type": "signature_delta", "signature": signature})
-        elif isinstance(event, hub.ToolArgsDelta):
-            out += self._delta(event.index, hub.BlockKind.TOOL_CALL, {"type": "input_json_delta", "partial_json": event.json})
-        elif isinstance(event, hub.BlockStop):
+            out += self._delta(event.index, hub.BlockKind.THINKING, _SIGNATURE_DELTA, signature)
+        elif kind is hub.ToolArgsDelta:
+            out += self._delta(event.index, hub.BlockKind.TOOL_CALL, _JSON_DELTA, event.json)
+        elif kind is hub.BlockStop:
             if self._open == event.index:
                 out += self._close_open()
-        elif isinstance(event, hub.Finish):
+        elif kind is hub.Finish:
             out += self._finish(event)
         return out
 
@@ -671,21 +675,20 @@ class StreamWriter:
         return out + named_event("content_block_start",
                                  {"type": "content_block_start", "index": index, "content_block": block})
 
-    def _delta(self, index: int, kind: hub.BlockKind, delta: dict) -> bytes:
+    def _delta(self, index: int, kind: hub.BlockKind, template: tuple[bytes, bytes], value: str) -> bytes:
         out = b""
         if index not in self._blocks:  # a delta with no BlockStart before it opens its block
             out += self._open_block(hub.BlockStart(index, kind))
         elif self._open != index or self._kinds[index] != kind:
             return b""  # a block already stopped cannot be reopened; a mismatched delta has no place
-        return out + named_event("content_block_delta",
-                                 {"type": "content_block_delta", "index": self._blocks[index], "delta": delta})
+        return out + _delta_event(self._blocks[index], template, value)
 
     def _close_open(self) -> bytes:
         if self._open is None:
             return b""
         index = self._blocks[self._open]
         self._open = None
-        return named_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        return _BLOCK_STOP_EVENT % index
 
     def _finish(self, event: hub.Finish) -> bytes:
         self.finished = True
@@ -695,4 +698,21 @@ class StreamWriter:
                            "stop_sequence": event.stop_sequence},
                  "usage": write_usage(usage)}
         return (self._close_open() + named_event("message_delta", delta)
-                + named_event("message_stop", {"type": "message_stop"}))
+                + _MESSAGE_STOP_EVENT)
+
+
+# content_block_delta events (and the fixed stop events), filled in rather than serialised: a
+# stream is mostly these, and the bytes are what named_event would write (compact JSON,
+# non-ASCII escaped).
+_DELTA_EVENT = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                b'"delta":{"type":"%b","%b":%b}}\n\n')
+_BLOCK_STOP_EVENT = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+_MESSAGE_STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_TEXT_DELTA = (b"text_delta", b"text")
+_THINKING_DELTA = (b"thinking_delta", b"thinking")
+_SIGNATURE_DELTA = (b"signature_delta", b"signature")
+_JSON_DELTA = (b"input_json_delta", b"partial_json")
+
+
+def _delta_event(index: int, template: tuple[bytes, bytes], value: str) -> bytes:
+    return _DELTA_EVENT % (index, template[0], template[1], encode_basestring_ascii(value).encode())

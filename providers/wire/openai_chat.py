@@ -523,6 +523,10 @@ class StreamReader(EventReader):
         return events
 
     def _read_delta(self, delta: dict) -> list:
+        if len(delta) == 1 and self._open is not None and self._open[0] == "text":  # most chunks: more text
+            content = delta.get("content")
+            if content and content.__class__ is str:
+                return [hub.TextDelta(self._open[1], content)]
         events = []
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:

@@ -9,18 +9,18 @@ client)`: OpenAI custom (free-form) tools travel to other providers as functions
 string, and their calls are turned back into custom calls here.
 """
 from .. import hub
-from . import InvalidField, codec, unwrap_custom_input
+from . import CODECS, InvalidField, unwrap_custom_input
 
 
 def translate_request(body, src: str, dst: str, model: str) -> tuple[dict, list[tuple[str, str]]]:
     """The `src` request `body` as a `dst` request for `model`, and what could not be carried
     as (field, reason) pairs. Raises InvalidField when dropping would change the meaning."""
     try:
-        req = codec(src).read_request(body)
+        req = CODECS[src].read_request(body)
     except (AttributeError, TypeError, KeyError) as exc:
         # a field of the wrong shape that validation does not check: still the client's mistake
         raise InvalidField("body", f"The request has a field of the wrong shape ({type(exc).__name__}: {exc}).") from None
-    out = codec(dst).write_request(req, model)
+    out = CODECS[dst].write_request(req, model)
     return out, req.diagnostics
 
 
@@ -37,11 +37,11 @@ def custom_tool_names(body: dict, src: str) -> frozenset[str]:
 def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozenset()) -> dict:
     """A whole (non-streamed) `src` answer (its body, or already read into a hub.Answer) as
     the `dst` client expects it."""
-    ans = body if isinstance(body, hub.Answer) else codec(src).read_answer(body)
+    ans = body if isinstance(body, hub.Answer) else CODECS[src].read_answer(body)
     for part in ans.parts:
         if isinstance(part, hub.ToolCall) and part.name in custom_tools and part.kind != "custom":
             part.kind, part.arguments = "custom", unwrap_custom_input(part.arguments)
-    return codec(dst).write_answer(ans, model)
+    return CODECS[dst].write_answer(ans, model)
 
 
 class StreamTranslator:
@@ -52,8 +52,8 @@ class StreamTranslator:
     failure, `finished` whether the upstream finished properly."""
 
     def __init__(self, src: str, dst: str, model: str, custom_tools=frozenset()):
-        self.reader = codec(src).StreamReader()
-        self.writer = codec(dst).StreamWriter(model)
+        self.reader = CODECS[src].StreamReader()
+        self.writer = CODECS[dst].StreamWriter(model)
         self.usage: hub.Usage | None = None
         self.error: str | None = None
         self.finished = False
@@ -79,14 +79,23 @@ class StreamTranslator:
 
     def _write(self, events: list) -> bytes:
         out = []
+        write = self.writer.write
         for event in events:
-            if isinstance(event, (hub.Start, hub.Finish)) and event.usage:
-                self.usage = hub.merge_usage(self.usage, event.usage)
-            if isinstance(event, hub.Finish):
-                self.finished = True
-            elif isinstance(event, hub.Error) and self.error is None:
+            kind = type(event)
+            if kind is hub.TextDelta:  # most events: nothing to note, nothing to restore
+                out.append(write(event))
+                continue
+            if kind is hub.Start or kind is hub.Finish:
+                if event.usage:
+                    self.usage = hub.merge_usage(self.usage, event.usage)
+                if kind is hub.Finish:
+                    self.finished = True
+            elif kind is hub.Error and self.error is None:
                 self.error = event.message
-            out += [self.writer.write(e) for e in self._restore_custom(event)]
+            if self.custom_tools:
+                out += [write(e) for e in self._restore_custom(event)]
+            else:
+                out.append(write(event))
         return b"".join(out)
 
     def _restore_custom(self, event) -> list:
