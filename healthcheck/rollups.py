@@ -11,7 +11,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from .conf import setting
