@@ -128,7 +128,8 @@ def main(argv=None) -> int:
         env = stack.gateway_env("aiohttp")
         for argv_ in ([PYTHON, "manage.py", "migrate", "-v", "0"],
                       [PYTHON, "manage.py", "shell", "-c", SETUP.format(
-                          base_url=f"http://{HOST}:{stack.mock_port}/v1", model=MODEL, key=VIRTUAL_KEY)]):
+                          base_url=f"http://{HOST}:{stack.mock_port}/v1", model=MODEL, key=VIRTUAL_KEY,
+                          limited_key=VIRTUAL_KEY + "-limited")]):
             subprocess.run(argv_, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
         samples = []
         for rep in range(args.repeat):  # alternate the process counts: noise hits them alike
