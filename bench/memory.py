@@ -16,19 +16,14 @@ minute (a leak shows as a steady slope). Results go to docs/performance.md.
 """
 import argparse
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 
-from run import (BENCH, HOST, MODEL, PYTHON, ROOT, SETUP, VIRTUAL_KEY, Processes, Stack, _die_with_parent,
-                 _interrupt, _slope_per_min, free_port, machine, nonstream_body, revision, stream_body,
-                 wait_until_answers)
+from run import (BENCH, HOST, PYTHON, VIRTUAL_KEY, Processes, Stack, _die_with_parent, _slope_per_min,
+                 free_port, nonstream_body, run_bench, stream_body, wait_until_answers)
 
 BUDGET_MB = 150.0
 
@@ -171,43 +166,14 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between soak samples")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-memory-"))
-    procs = Processes(workdir)
-    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "revision": revision(),
-              "args": vars(args)}
-    failed = False
-    try:
+
+    def run(procs, workdir, report):
         stack = Stack(procs, workdir)
         stack.start_shared()
-        stack.data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
-        env = stack.gateway_env("aiohttp")
-        for argv_ in ([PYTHON, "manage.py", "migrate", "-v", "0"],
-                      [PYTHON, "manage.py", "shell", "-c", SETUP.format(
-                          base_url=f"http://{HOST}:{stack.mock_port}/v1", model=MODEL, key=VIRTUAL_KEY,
-                          limited_key=VIRTUAL_KEY + "-limited")]):
-            subprocess.run(argv_, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        stack.prepare_data("aiohttp")
         report.update(measure(procs, stack, args))
-    except KeyboardInterrupt:
-        print("interrupted; stopping everything", file=sys.stderr)
-        failed = True
-    except Exception as exc:
-        print(f"memory bench failed: {exc}", file=sys.stderr)
-        failed = True
-    finally:
-        procs.stop_all()
-        if failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if "after_load" in report:
-        if args.json:
-            json.dump(report, sys.stdout, indent=1)
-            print()
-        else:
-            print_report(report)
-    return 1 if failed else 0
+
+    return run_bench("memory", args, run, print_report, "after_load")
 
 
 if __name__ == "__main__":

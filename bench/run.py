@@ -244,7 +244,9 @@ class Stack:
                    GATEWAY_UPSTREAM_TRANSPORT=transport, PYTHONDONTWRITEBYTECODE="1")
         return env
 
-    def start_servers(self, transport: str) -> None:
+    def prepare_data(self, transport: str) -> dict:
+        """A fresh DATA_DIR with a migrated database and the bench configuration; the
+        gateway's environment for it."""
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"data-{transport}-", dir=self.workdir))
         env = self.gateway_env(transport)
         mock_base = f"http://{HOST}:{self.mock_port}/v1"
@@ -255,6 +257,11 @@ class Stack:
             done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             if done.returncode:
                 raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout}\n{done.stderr}")
+        return env
+
+    def start_servers(self, transport: str) -> None:
+        env = self.prepare_data(transport)
+        mock_base = f"http://{HOST}:{self.mock_port}/v1"
 
         self.ref_port, self.gw_port = free_port(), free_port()
         ref_env = {**env, "REFERENCE_UPSTREAM": mock_base, "REFERENCE_HANDLER": self.reference_handler}
@@ -651,18 +658,47 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_bench(name: str, args, measure, print_report, results: str, keep_logs: bool = False) -> int:
+    """Run `measure(procs, workdir, report)`, which fills `report`, with everything it starts
+    stopped on the way out (an error, Ctrl-C, SIGTERM), then print `report` (as JSON with
+    --json) if its `results` entry has anything. Exit status 1 when the run failed."""
     # SIGTERM ends the run like Ctrl-C does: through the finally below.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"llmgw-{name}-"))
     procs = Processes(workdir)
-    transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "revision": revision(),
-              "command": " ".join([PYTHON, *sys.argv]), "args": vars(args), "runs": []}
+              "command": " ".join([PYTHON, *sys.argv]), "args": vars(args)}
     failed = False
     try:
+        measure(procs, workdir, report)
+    except KeyboardInterrupt:
+        print("interrupted; stopping everything", file=sys.stderr)
+        failed = True
+    except Exception as exc:
+        print(f"{name} bench failed: {exc}", file=sys.stderr)
+        failed = True
+    finally:
+        procs.stop_all()
+        if keep_logs or failed:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if report.get(results):
+        if getattr(args, "json", False):
+            json.dump(report, sys.stdout, indent=1)
+            print()
+        else:
+            print_report(report)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
+
+    def measure(procs, workdir, report):
+        report["runs"] = []
         stack = Stack(procs, workdir, args.reference_handler)
         stack.start_shared()
         for transport in transports:
@@ -683,25 +719,8 @@ def main(argv=None) -> int:
                 run["soak"]["load"]["sent"] if args.soak else 0)
             run["summary"] = summarise(run)
             report["runs"].append(run)
-    except KeyboardInterrupt:
-        print("interrupted; stopping everything", file=sys.stderr)
-        failed = True
-    except Exception as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        failed = True
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if report["runs"]:
-        if args.json:
-            json.dump(report, sys.stdout, indent=1)
-            print()
-        else:
-            print_report(report)
-    return 1 if failed else 0
+
+    return run_bench("bench", args, measure, print_report, "runs", keep_logs=args.keep_logs)
 
 
 if __name__ == "__main__":

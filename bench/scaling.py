@@ -14,18 +14,14 @@ docs/performance.md.
 """
 import argparse
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 
-from run import (BENCH, HOST, MODEL, PYTHON, ROOT, SETUP, VIRTUAL_KEY, Processes, Stack, _die_with_parent,
-                 _interrupt, free_port, machine, nonstream_body, revision, stream_body, wait_until_answers)
+from run import (BENCH, HOST, PYTHON, VIRTUAL_KEY, Processes, Stack, _die_with_parent, free_port,
+                 nonstream_body, run_bench, stream_body, wait_until_answers)
 
 
 def start_gateway(procs: Processes, stack: Stack, workers: int) -> tuple[subprocess.Popen, int]:
@@ -114,23 +110,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the process counts; medians reported")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-scaling-"))
-    procs = Processes(workdir)
-    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "revision": revision(),
-              "args": vars(args), "cells": [], "ratios": {}}
-    failed = False
-    try:
+
+    def run(procs, workdir, report):
+        report["cells"], report["ratios"] = [], {}
         stack = Stack(procs, workdir)
         stack.start_shared()
-        stack.data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
-        env = stack.gateway_env("aiohttp")
-        for argv_ in ([PYTHON, "manage.py", "migrate", "-v", "0"],
-                      [PYTHON, "manage.py", "shell", "-c", SETUP.format(
-                          base_url=f"http://{HOST}:{stack.mock_port}/v1", model=MODEL, key=VIRTUAL_KEY,
-                          limited_key=VIRTUAL_KEY + "-limited")]):
-            subprocess.run(argv_, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        stack.prepare_data("aiohttp")
         samples = []
         for rep in range(args.repeat):  # alternate the process counts: noise hits them alike
             for workers in args.workers:
@@ -143,25 +128,8 @@ def main(argv=None) -> int:
         top = {c["mode"]: c["rps"] for c in report["cells"] if c["workers"] == args.workers[-1]}
         report["ratios"] = {mode: {"workers": args.workers[-1], "ratio": round(top[mode] / base[mode], 2)}
                             for mode in base if base[mode]}
-    except KeyboardInterrupt:
-        print("interrupted; stopping everything", file=sys.stderr)
-        failed = True
-    except Exception as exc:
-        print(f"scaling bench failed: {exc}", file=sys.stderr)
-        failed = True
-    finally:
-        procs.stop_all()
-        if failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if report["cells"]:
-        if args.json:
-            json.dump(report, sys.stdout, indent=1)
-            print()
-        else:
-            print_report(report)
-    return 1 if failed else 0
+
+    return run_bench("scaling", args, run, print_report, "cells")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,7 @@ same-protocol req/s at c=32 (≥ 70 %) and translated − same-protocol TTFT p50
 See docs/performance.md ("Translated streams").
 """
 import argparse
-import json
-import shutil
-import signal
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import run as bench  # bench/run.py: this script runs from bench/, like loadgen.py
 
@@ -204,14 +198,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, bench._interrupt)
-    signal.signal(signal.SIGINT, bench._interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-xbench-"))
-    procs = bench.Processes(workdir)
-    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": bench.machine(),
-              "revision": bench.revision(), "command": " ".join([bench.PYTHON, *sys.argv]), "args": vars(args)}
-    failed = False
-    try:
+
+    def run(procs, workdir, report):
         stack = bench.Stack(procs, workdir, extra_setup=EXTRA_SETUP)
         stack.start_shared()
         if not args.json:
@@ -221,25 +209,8 @@ def main(argv=None) -> int:
         report["summary"] = summarise(report["samples"], args)
         report["gateway_memory"] = bench.rss_mb(stack.gateway.pid)
         stack.stop_servers()
-    except KeyboardInterrupt:
-        print("interrupted; stopping everything", file=sys.stderr)
-        failed = True
-    except Exception as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        failed = True
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if "summary" in report:
-        if args.json:
-            json.dump(report, sys.stdout, indent=1)
-            print()
-        else:
-            print_report(report)
-    return 1 if failed else 0
+
+    return bench.run_bench("xbench", args, run, print_report, "summary", keep_logs=args.keep_logs)
 
 
 if __name__ == "__main__":
