@@ -23,7 +23,8 @@ import time
 import psutil
 
 from run import (BENCH, HOST, PYTHON, VIRTUAL_KEY, Processes, Stack, _die_with_parent, _slope_per_min,
-                 free_port, nonstream_body, run_bench, stream_body, wait_until_answers)
+                 nonstream_body, run_bench, stream_body)
+from scaling import start_gateway
 
 BUDGET_MB = 150.0
 
@@ -71,16 +72,6 @@ def gateway_memory(root_pid: int, workers: int) -> dict:
             "pss_per_worker_mb": round(total / workers, 1)}
 
 
-def start_gateway(procs: Processes, stack: Stack, workers: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = procs.start(f"serve-{workers}", [PYTHON, "manage.py", "serve", "--no-worker", "--no-setup",
-                                            "--host", HOST, "--port", str(port), "--workers", str(workers)],
-                       env=stack.gateway_env("aiohttp"))
-    url = f"http://{HOST}:{port}/v1/chat/completions"
-    wait_until_answers(procs, f"serve-{workers}", proc, url, Stack.headers["gateway"])
-    return proc, url
-
-
 def loadgen(url: str, args, duration: float) -> subprocess.Popen:
     argv = [PYTHON, str(BENCH / "loadgen.py"), "--url", url, "--concurrency", str(args.concurrency),
             "--duration", str(duration), "--warmup", "0", "--body", json.dumps(nonstream_body()),
@@ -97,7 +88,8 @@ def finish(load: subprocess.Popen, timeout: float) -> dict:
 
 
 def measure(procs: Processes, stack: Stack, args) -> dict:
-    proc, url = start_gateway(procs, stack, args.workers)
+    proc, port = start_gateway(procs, stack, args.workers)
+    url = f"http://{HOST}:{port}/v1/chat/completions"
     try:
         time.sleep(1.0)
         idle = gateway_memory(proc.pid, args.workers)

@@ -25,6 +25,8 @@ from run import (BENCH, HOST, PYTHON, VIRTUAL_KEY, Processes, Stack, _die_with_p
 
 
 def start_gateway(procs: Processes, stack: Stack, workers: int) -> tuple[subprocess.Popen, int]:
+    """The gateway as `manage.py serve` runs it (supervisor, `workers` web processes, their
+    log writers), answering on a port of its own."""
     port = free_port()
     proc = procs.start(f"serve-{workers}", [PYTHON, "manage.py", "serve", "--no-worker", "--no-setup",
                                             "--host", HOST, "--port", str(port), "--workers", str(workers)],
