@@ -658,3 +658,16 @@ def clear_key_cooldowns_sync(provider_key_ids: Sequence[int], *, redis=None) -> 
     cooling = client.delete(*(cooldown_key(k) for k in ids))
     client.delete(*(streak_key(k) for k in ids))
     return cooling
+
+
+def forget_targets_sync(target_ids: Sequence[int], *, redis=None) -> None:
+    """Drop the shared state of deleted route targets (circuit, health flag, latency): an id
+    the database hands out again (SQLite reuses the highest) must start with a clean slate."""
+    from llmgateway.redis import sync_client
+
+    ids = list(target_ids)
+    if not ids:
+        return
+    client = redis or sync_client()
+    client.delete(*(circuit_key(t) for t in ids), *(health_down_key(t) for t in ids))
+    client.hdel(LATENCY_KEY, *ids)

@@ -8,6 +8,9 @@ from keys.lookup import key_changed_after_commit
 from keys.models import VirtualKey
 from providers.models import CatalogEntry, Provider, ProviderKey
 
+from llmgateway.redis import warn_unreachable
+
+from . import resilience
 from .models import PromptRule, Route, RouteTarget
 from .snapshot import bump_config_version
 
@@ -18,6 +21,24 @@ def _on_change(sender, **kwargs):
     # After commit, so processes never rebuild from a state that may still roll back;
     # a rolled-back change schedules nothing.
     transaction.on_commit(bump_config_version)
+
+
+def _forget_shared_state(sender, instance, **kwargs):
+    # A deleted target's circuit or a deleted key's cooldown must not pass to a row that gets
+    # its id again (SQLite reuses the highest id). Django clears instance.pk after the delete.
+    pk = instance.pk
+
+    def forget():
+        try:
+            if sender is RouteTarget:
+                resilience.forget_targets_sync([pk])
+            else:
+                resilience.clear_key_cooldowns_sync([pk])
+        except Exception as exc:  # the state expires by itself; the delete stands
+            warn_unreachable(exc, "the deleted item's routing state expires by itself")
+
+    if pk is not None:
+        transaction.on_commit(forget)
 
 
 def _remember_old_hash(sender, instance, **kwargs):
@@ -45,6 +66,8 @@ def _on_key_routes_change(sender, instance, action, reverse, pk_set, **kwargs):
 for model in CONFIG_MODELS:
     post_save.connect(_on_change, sender=model, dispatch_uid=f"config-save-{model.__name__}")
     post_delete.connect(_on_change, sender=model, dispatch_uid=f"config-delete-{model.__name__}")
+post_delete.connect(_forget_shared_state, sender=RouteTarget, dispatch_uid="target-forget-state")
+post_delete.connect(_forget_shared_state, sender=ProviderKey, dispatch_uid="key-forget-state")
 pre_save.connect(_remember_old_hash, sender=VirtualKey, dispatch_uid="key-pre-save")
 post_save.connect(_on_key_change, sender=VirtualKey, dispatch_uid="key-save")
 post_delete.connect(_on_key_change, sender=VirtualKey, dispatch_uid="key-delete")

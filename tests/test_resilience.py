@@ -334,3 +334,25 @@ def test_a_bare_reset_is_a_delay_or_an_epoch_time_and_no_headers_say_nothing():
                                            ("2.5", 2.5), ("", None), ("5x", None)])
 def test_durations_in_openai_form(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_a_deleted_target_and_provider_key_leave_no_routing_state_for_an_id_used_again(db_access):
+    from llmgateway.redis import sync_client
+    from tests.factories import make_provider, make_route
+
+    provider = make_provider("http://127.0.0.1:9/v1")
+    route = make_route(provider)
+    target, key = route.targets.get(), provider.keys.get()
+    redis = sync_client()
+    redis.hset(resilience.circuit_key(target.pk), "open_until", int(time.time() * 1000) + 60_000)
+    redis.set(resilience.health_down_key(target.pk), "down")
+    redis.set(resilience.cooldown_key(key.pk), int(time.time() * 1000) + 60_000)
+    target_id, key_id = target.pk, key.pk
+
+    target.delete()
+    key.delete()
+    route.delete()
+    provider.delete()
+
+    assert not redis.exists(resilience.circuit_key(target_id), resilience.health_down_key(target_id),
+                            resilience.cooldown_key(key_id))
