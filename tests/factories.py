@@ -2,6 +2,8 @@
 import itertools
 import json
 
+from django.db import transaction
+
 from keys.models import VirtualKey
 from providers.models import Provider, ProviderKey
 from routing.models import Route, RouteTarget
@@ -21,21 +23,25 @@ def make_provider(base_url: str, *, keys=(PROVIDER_SECRET,), fault: dict | None 
     fields.setdefault("timeout_s", 5)
     if fault is not None:
         fields["extra_headers"] = {**fields.get("extra_headers", {}), "x-mock-fault": json.dumps(fault)}
-    provider = Provider.objects.create(base_url=base_url, **fields)
-    for i, secret in enumerate(keys):
-        key = ProviderKey(provider=provider, label=f"key{i}")
-        key.set_secret(secret)
-        key.save()
+    with transaction.atomic():  # one commit: never seen without its keys
+        provider = Provider.objects.create(base_url=base_url, **fields)
+        for i, secret in enumerate(keys):
+            key = ProviderKey(provider=provider, label=f"key{i}")
+            key.set_secret(secret)
+            key.save()
     return provider
 
 
 def make_route(*targets, **fields) -> Route:
     """A route over `targets` (providers, or (provider, upstream model) pairs), in priority order."""
     fields.setdefault("name", unique("model"))
-    route = Route.objects.create(**fields)
-    for priority, target in enumerate(targets, start=1):
-        provider, upstream_model = target if isinstance(target, tuple) else (target, "gpt-4o-mini")
-        RouteTarget.objects.create(route=route, provider=provider, upstream_model=upstream_model, priority=priority)
+    # One commit: a gateway must never see the route before its targets (it would answer 503).
+    with transaction.atomic():
+        route = Route.objects.create(**fields)
+        for priority, target in enumerate(targets, start=1):
+            provider, upstream_model = target if isinstance(target, tuple) else (target, "gpt-4o-mini")
+            RouteTarget.objects.create(route=route, provider=provider, upstream_model=upstream_model,
+                                       priority=priority)
     return route
 
 
