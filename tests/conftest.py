@@ -74,6 +74,20 @@ def redis_url(tmp_path_factory):
         proc.wait(5)
 
 
+@pytest.fixture(autouse=True)
+def fresh_routing_state(redis_url):
+    """Each test starts with no circuits, cooldowns, health flags or latencies in Redis. They
+    are keyed by row id, and test databases hand ids out again (a rolled-back transaction, a
+    flushed live-server test): a target would inherit an open circuit from an earlier test."""
+    from llmgateway.redis import sync_client
+
+    yield
+    client = sync_client()
+    stale = [*client.scan_iter("gw:rs:*", count=1000), *client.scan_iter("gw:health:target:*", count=1000)]
+    if stale:
+        client.delete(*stale)
+
+
 @pytest.fixture(scope="session")
 def mock_upstream():
     server = MockUpstreamThread().start()

@@ -154,7 +154,7 @@ def test_it_fails_over_when_a_streams_first_event_times_out(live, mock, db_acces
     healthy = make_provider(mock.base_url)
     model = ready(live, make_route(slow, healthy))
     response = post(live, {**CHAT, "model": model, "stream": True})
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert response.headers["x-gateway-provider"] == healthy.name
     assert sse_data(response.text)[-1] == "[DONE]"
 

@@ -72,7 +72,7 @@ def test_text_streams_back_as_one_frame_per_event_from_a_chat_upstream(live, rou
         events = one_turn(socket, make_create(model, "你好 over a socket"))
 
     types = [e["type"] for e in events]
-    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert types[0] == "response.created" and types[-1] == "response.completed", events
     assert output_text(events) == "Hello from mock: 你好 over a socket"
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == output_text(events)
     sent = [r for r in mock_upstream.requests if r["path"] == "/v1/chat/completions"]
