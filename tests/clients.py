@@ -1,4 +1,5 @@
-"""Run the Claude Code and Codex CLIs against a gateway, offline, in throwaway homes.
+"""Clients of a test gateway: the official SDKs, and the Claude Code and Codex CLIs run
+offline in throwaway homes.
 
 Each run gets its own HOME (and CODEX_HOME) so no user configuration, login or session
 history is read, and an environment holding only what the CLI needs: PATH, the gateway's
@@ -109,3 +110,12 @@ def run_codex(*, gateway_url: str, key: str, model: str, prompt: str, cwd: Path,
     env = _isolated_env(home, CODEX_HOME=str(codex_home), RUST_LOG="warn", **{CODEX_KEY_ENV: key})
     argv = [CODEX, "exec", "--skip-git-repo-check", "--sandbox", "danger-full-access", prompt]
     return _run(argv, env, cwd)
+
+
+def official_sdks(gateway, secret: str) -> dict:
+    """The official openai and anthropic SDK clients, pointed at `gateway` with `secret`."""
+    import anthropic
+    import openai
+
+    return {"openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
+            "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20)}

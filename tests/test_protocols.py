@@ -9,6 +9,7 @@ import anthropic
 import openai
 import pytest
 
+from .clients import official_sdks
 from .conftest import wait_for_model
 from .factories import make_key, make_provider, make_route
 
@@ -39,11 +40,7 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
 
 @pytest.fixture(scope="module")
 def sdk(gateway, routes):
-    _, secret = routes
-    return {
-        "openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
-        "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20),
-    }
+    return official_sdks(gateway, routes[1])
 
 
 def ask(sdk, client: str, model: str, prompt: str, *, stream: bool, tools=False, image=False):
@@ -255,11 +252,7 @@ def reasoning_routes(django_db_setup, django_db_blocker, mock_upstream, gateway)
 
 @pytest.fixture(scope="module")
 def reasoning_sdk(gateway, reasoning_routes):
-    _, secret = reasoning_routes
-    return {
-        "openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
-        "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20),
-    }
+    return official_sdks(gateway, reasoning_routes[1])
 
 
 MESSAGES_TOOLS = [{"name": "get_weather", "input_schema": WEATHER}]

@@ -1,10 +1,9 @@
 """Prompt rules over real sockets: each client protocol, through the gateway, with the official
 SDKs, to an upstream of the same protocol (sent as is but for the rules) and of another
 (translated after the rules); the mock upstream shows what the upstream received."""
-import anthropic
-import openai
 import pytest
 
+from .clients import official_sdks
 from .conftest import wait_for_model
 from .factories import make_key, make_provider, make_route
 
@@ -37,9 +36,7 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
 
 @pytest.fixture(scope="module")
 def sdk(gateway, routes):
-    _, secret = routes
-    return {"openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
-            "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20)}
+    return official_sdks(gateway, routes[1])
 
 
 def received(mock_upstream) -> tuple[str, str]:
