@@ -149,6 +149,7 @@ class Gateway:
 
     def stop(self, sig=signal.SIGTERM, timeout=15) -> str:
         """Stop the process and return what it printed."""
+        killed = ""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -156,7 +157,8 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.stdout.read().decode(errors="replace")
+                killed = f"\n[the gateway did not stop within {timeout} s and was killed]"
+        return self.proc.stdout.read().decode(errors="replace") + killed
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,9 @@ def test_sigterm_writes_every_queued_log_row(live, gateway_factory, db_access):
            for _ in range(20)]
     time.sleep(0.3)
     assert RequestLog.objects.filter(request_id__in=ids).count() == 0
-    output = gateway.stop(signal.SIGTERM)
+    # A generous stop timeout: under a loaded CI machine the graceful stop can be slow, and a kill
+    # (what a shorter wait ends in) is exactly what loses rows.
+    output = gateway.stop(signal.SIGTERM, timeout=45)
     assert gateway.proc.returncode is not None
     assert RequestLog.objects.filter(request_id__in=ids).count() == 20, output
 
