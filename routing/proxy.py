@@ -376,7 +376,9 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, d
             raise httpx.RemoteProtocolError("upstream ended the stream without finishing it")
     except asyncio.CancelledError:
         if not stopping.is_set():
-            error = _client_left()
+            # A client that leaves once the stream's last event is out (an SDK closes right
+            # after [DONE]) got everything: the request succeeded.
+            error = None if relay.finished else _client_left()
             raise
         # The server is stopping and the grace period is over: end the stream properly.
         error = GatewayError("The gateway is shutting down; the stream was cut short.", status=503,
@@ -384,7 +386,7 @@ async def _relay(record: RequestRecord, response, chunks, relay, first: bytes, d
         yield relay.fail(error)
     except GeneratorExit:
         # The client left: closing the upstream response below cancels the upstream request.
-        error = _client_left()
+        error = None if relay.finished else _client_left()
         raise
     except Exception as exc:
         failure = classify_exception(exc)
