@@ -221,12 +221,14 @@ class ThinkingDelta:
 class SignatureDelta:
     """The opaque seal of a thinking block: a signature, or (encrypted=True) OpenAI
     Responses encrypted_content; `origin` is the wire format that sealed it, `id` the
-    Responses reasoning item it belongs to."""
+    Responses reasoning item it belongs to, `model` the upstream model that made it (set by
+    the translator: the model the gateway asked for, not the one the answer names)."""
     index: int
     signature: str
     encrypted: bool = False
     origin: str | None = None
     id: str | None = None
+    model: str | None = None
 
 
 @dataclass(slots=True)

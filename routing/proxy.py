@@ -29,7 +29,7 @@ from providers.adapters.base import Usage
 from providers.upstream import Failure, classify_exception, classify_status
 from providers.wire import CODECS, InvalidField, require_bool, require_positive_int
 from providers.wire.relays import ObservingRelay, TranslatingRelay
-from providers.wire.seals import foreign_in
+from providers.wire.seals import SEALED_FIELDS, same_format_plan, seal_native, unseal_native
 from providers.wire.translate import custom_tool_names, translate_answer, translate_request
 
 from . import admission as admission_
@@ -264,8 +264,12 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
             operation = "responses"
     upstream_wire = client_wire if native else adapter.wire
     # Through the hub across formats, and in the same format when the request carries
-    # reasoning another provider sealed (the upstream would reject it: the hub drops it).
-    if not native or foreign_in(inbound.raw, upstream_wire):
+    # reasoning another provider or model sealed (the upstream would reject it: the hub
+    # drops it); this model's own sealed reasoning goes back bare.
+    seals = same_format_plan(inbound.raw, upstream_wire, target.upstream_model) if native else "hub"
+    if seals == "unseal":
+        body = unseal_native(body, upstream_wire)
+    elif seals == "hub":
         try:
             body, diagnostics = translate_request(body, client_wire, upstream_wire, target.upstream_model)
         except InvalidField as exc:  # dropping it would change the meaning: the client must know
@@ -296,7 +300,7 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
                     raise AttemptFailed(classify_status(response.status_code, response.headers, message,
                                                         retry_on=retry_on), response.headers)
                 if stream:
-                    relay = _stream_relay(client_wire, upstream_wire, inbound.body, secret)
+                    relay = _stream_relay(client_wire, upstream_wire, inbound.body, secret, target.upstream_model)
                     chunks = response.aiter_raw()
                     first = await _first_event(chunks, relay)
             if not stream:
@@ -306,7 +310,8 @@ async def _attempt(inbound: Inbound, body: dict, target: TargetEntry, key: Provi
                     raise AttemptFailed(Failure("bad_answer", retryable=True,
                                                 detail="malformed answer (not a whole JSON object)"))
                 if operation in ANSWERED_AS_MESSAGES and not client_wire == upstream_wire == "openai_chat":
-                    content = _answer_for_client(record, content, upstream_wire, client_wire, inbound.body)
+                    content = _answer_for_client(record, content, upstream_wire, client_wire, inbound.body,
+                                                 target.upstream_model)
         except AttemptFailed:
             raise
         except Exception as exc:
@@ -412,25 +417,29 @@ def _client_left() -> GatewayError:
                         kind="client_disconnected")
 
 
-def _stream_relay(client_wire: str, upstream_wire: str, client_body: dict, secret: str | None):
+def _stream_relay(client_wire: str, upstream_wire: str, client_body: dict, secret: str | None, upstream_model: str):
     if client_wire == upstream_wire == "openai_chat":  # the fast path: bytes through, barely read
         return CODECS["openai_chat"].StreamRelay(_client_wants_usage(client_body), secret)
     if client_wire == upstream_wire:
-        return ObservingRelay(client_wire, secret)
+        return ObservingRelay(client_wire, secret, sealed_by=upstream_model)
     return TranslatingRelay(upstream_wire, client_wire, client_body.get("model", ""), secret,
-                            custom_tools=custom_tool_names(client_body, client_wire))
+                            custom_tools=custom_tool_names(client_body, client_wire), sealed_by=upstream_model)
 
 
 def _answer_for_client(record: RequestRecord, content: bytes, upstream_wire: str, client_wire: str,
-                       client_body: dict) -> bytes:
-    """A whole answer in the client's format (as received when the formats match), its usage
-    decoded here for the log."""
+                       client_body: dict, upstream_model: str) -> bytes:
+    """A whole answer in the client's format (as received when the formats match, but its
+    opaque reasoning sealed with the upstream model), its usage decoded here for the log."""
     try:
         answer = CODECS[upstream_wire].read_answer(content)
         if client_wire != upstream_wire:
             translated = translate_answer(answer, upstream_wire, client_wire, client_body.get("model", ""),
-                                          custom_tool_names(client_body, client_wire))
+                                          custom_tool_names(client_body, client_wire), sealed_by=upstream_model)
             content = json.dumps(translated, ensure_ascii=False).encode()
+        elif client_wire in SEALED_FIELDS and any(isinstance(p, hub.Thinking) for p in answer.parts):
+            payload = json.loads(content)
+            if seal_native(payload, client_wire, upstream_model):
+                content = json.dumps(payload, ensure_ascii=False).encode()
     except (InvalidField, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AttemptFailed(Failure("bad_answer", retryable=True, detail=f"answer not readable ({exc})"[:300]))
     record.log.usage = log_usage(answer.usage)

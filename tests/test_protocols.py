@@ -9,6 +9,8 @@ import anthropic
 import openai
 import pytest
 
+from providers.wire.seals import unseal
+
 from .clients import official_sdks
 from .conftest import wait_for_model
 from .factories import make_key, make_provider, make_route
@@ -226,6 +228,8 @@ def test_anthropic_clients_list_models_in_anthropics_format(sdk, routes):
 # a tool turn whose earlier reasoning does not come back with it (the mock's require_signature).
 REASONING_UPSTREAMS = ("openai", "gemini", "anthropic")
 THINKS = {"reasoning": True, "require_signature": True}
+REASONER = "mock-reasoner"  # the upstream model of every reasoning route
+OTHER_REASONER = "mock-reasoner-2"
 
 
 @pytest.fixture(scope="module")
@@ -233,17 +237,20 @@ def reasoning_routes(django_db_setup, django_db_blocker, mock_upstream, gateway)
     root = mock_upstream.base_url.rsplit("/v1", 1)[0]
     base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url, "gemini": root + "/v1beta",
                  "responses": mock_upstream.base_url, "openai-lenient": mock_upstream.base_url,
-                 "anthropic-lenient": mock_upstream.base_url}
+                 "anthropic-lenient": mock_upstream.base_url, "responses-lenient": mock_upstream.base_url}
     with django_db_blocker.unblock():
         names, routes = {}, []
         for kind, url in base_urls.items():
             # *-lenient: a reasoning upstream that accepts a turn without its earlier reasoning
             lenient = kind.endswith("-lenient")
-            kind_fields = {"type": "openai", "native_responses": True} if kind == "responses" else \
-                {"type": kind.removesuffix("-lenient")}
+            kind = kind.removesuffix("-lenient")
+            kind_fields = {"type": "openai", "native_responses": True} if kind == "responses" else {"type": kind}
             provider = make_provider(url, fault={"reasoning": True} if lenient else THINKS, **kind_fields)
-            routes.append(make_route((provider, "mock-reasoner"), max_attempts=1))
-            names[kind] = routes[-1].name
+            routes.append(make_route((provider, REASONER), max_attempts=1))
+            names[kind + ("-lenient" if lenient else "")] = routes[-1].name
+            if lenient and kind in ("anthropic", "responses"):  # the same provider, another model
+                routes.append(make_route((provider, OTHER_REASONER), max_attempts=1))
+                names[f"{kind}-other-model"] = routes[-1].name
         _, secret = make_key(routes=routes)
     for name in names.values():
         wait_for_model(gateway, name, key=secret)
@@ -326,10 +333,11 @@ def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, r
     assert replayed and replayed_reasoning(upstream, turn1_upstream) == []
     if upstream == "openai":
         assert replayed == [thinking[0].thinking]
-    elif upstream == "gemini":  # the signature the client held, unsealed, byte for byte
-        assert [sig.removeprefix("gemini:") for sig in signatures] == replayed
-    else:
-        assert replayed == [(thinking[0].thinking, thinking[0].signature)]
+    else:  # the signature the client held, sealed with the upstream model, went back bare, byte for byte
+        fmt = {"gemini": "gemini", "anthropic": "anthropic_messages"}[upstream]
+        assert all(sig.startswith(f"{fmt}@{REASONER}:") for sig in signatures)
+        bare = [unseal(sig, "anthropic_messages")[0] for sig in signatures]
+        assert replayed == (bare if upstream == "gemini" else [(thinking[0].thinking, bare[0])])
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -354,12 +362,11 @@ def test_a_responses_client_keeps_reasoning_items_across_a_tool_turn(reasoning_s
     sealed = [r.encrypted_content for r in reasoning if r.encrypted_content]
     if upstream == "openai":
         assert replayed == ["\n\n".join(part.text for part in reasoning[0].summary)]
-    elif upstream == "responses":  # Responses in, Responses out: encrypted_content byte for byte
-        assert sealed and replayed == sealed
-    elif upstream == "gemini":  # encrypted_content carried the signature: back byte for byte
-        assert [s.removeprefix("gemini:") for s in sealed] == replayed
-    elif upstream == "anthropic":
-        assert [s.removeprefix("anthropic_messages:") for s in sealed] == [sig for _, sig in replayed]
+    else:  # encrypted_content, sealed with the upstream model, went back bare, byte for byte
+        fmt = {"gemini": "gemini", "anthropic": "anthropic_messages", "responses": "openai_responses"}[upstream]
+        assert sealed and all(s.startswith(f"{fmt}@{REASONER}:") for s in sealed)
+        bare = [unseal(s, "openai_responses")[0] for s in sealed]
+        assert bare == ([sig for _, sig in replayed] if upstream == "anthropic" else replayed)
 
 
 @pytest.mark.parametrize("other", ["openai-lenient", "anthropic-lenient"])
@@ -383,7 +390,54 @@ def test_signed_reasoning_from_another_upstream_is_dropped_with_a_diagnostic(rea
 
     assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
     sent = json.dumps(last_upstream_body(mock_upstream))
-    assert not any(sig.removeprefix("gemini:") in sent for sig in signatures), sent
+    assert not any(unseal(sig, "anthropic_messages")[0] in sent for sig in signatures), sent
     row = wait_for_log(request_id)
     assert ("messages[1]" in row.diagnostics or "messages.1" in row.diagnostics), row.diagnostics
     assert "reasoning" in row.diagnostics, row.diagnostics
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_signed_thinking_goes_back_only_to_the_anthropic_model_that_made_it(reasoning_sdk, reasoning_routes,
+                                                                           mock_upstream, db_access, stream):
+    from .conftest import wait_for_log
+
+    names, _ = reasoning_routes
+    client = reasoning_sdk["anthropic"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    _, first = thinking_turn(client, names["anthropic"], prompt, stream)  # Anthropic to Anthropic, as received
+    signatures = [b.signature for b in first.content if b.type == "thinking"]
+    assert signatures and all(sig.startswith(f"anthropic_messages@{REASONER}:") for sig in signatures)
+    calls = [b for b in first.content if b.type == "tool_use"]
+    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
+                                                     for c in calls]}]
+
+    # The same conversation on another model of the same provider (a failover does the same).
+    request_id, second = thinking_turn(client, names["anthropic-other-model"], history, stream)
+
+    assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
+    sent = last_upstream_body(mock_upstream)
+    assert sent["model"] == OTHER_REASONER
+    assert not any(b.get("type") == "thinking" for m in sent["messages"] for b in m["content"]
+                   if isinstance(m["content"], list)), sent
+    assert "thinking" not in sent  # Anthropic refuses thinking that continues a tool turn without its own
+    row = wait_for_log(request_id)
+    assert f"signed reasoning from {REASONER} is not valid for {OTHER_REASONER}" in row.diagnostics
+
+
+def test_encrypted_reasoning_goes_back_only_to_the_responses_model_that_made_it(reasoning_sdk, reasoning_routes,
+                                                                               mock_upstream, db_access):
+    names, _ = reasoning_routes
+    client = reasoning_sdk["openai"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    first = reasoning_turn(client, names["responses"], prompt, stream=True)
+    calls = [i for i in first.output if i.type == "function_call"]
+    items = prompt + [i.model_dump(exclude_none=True) for i in first.output] + [
+        {"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls]
+
+    second = reasoning_turn(client, names["responses-other-model"], items, stream=True)
+
+    assert "sunny" in second.output_text
+    sent = last_upstream_body(mock_upstream)
+    assert sent["model"] == OTHER_REASONER
+    assert not [i for i in sent["input"] if i.get("type") == "reasoning"], sent

@@ -166,7 +166,7 @@ def test_a_gemini_answer_hands_its_signature_to_an_anthropic_client_sealed_with_
     body = translate_answer(GEMINI_ANSWER, "gemini", "anthropic_messages", "client-model")
     assert body["content"] == [
         {"type": "thinking", "thinking": "Thinking about it", "signature": ""},
-        {"type": "thinking", "thinking": "", "signature": "gemini:U2lnMQ=="},
+        {"type": "thinking", "thinking": "", "signature": "gemini@gemini-2.5-pro:U2lnMQ=="},
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "gemini_call_0", "name": "f", "input": {"a": 1}}]
     assert body["usage"]["cache_read_input_tokens"] == 100 and body["usage"]["input_tokens"] == 20

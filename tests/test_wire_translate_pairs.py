@@ -147,15 +147,19 @@ def test_a_stream_fed_in_small_pieces_gives_the_same_client_bytes(src, dst):
     assert got == want
 
 
-def test_a_same_format_request_is_known_to_carry_reasoning_another_provider_sealed():
-    from providers.wire.seals import foreign_in
+def test_a_same_format_request_is_known_to_carry_reasoning_another_provider_or_model_sealed():
+    from providers.wire.seals import same_format_plan
 
     gemini_sealed = b'{"messages":[{"role":"assistant","content":[{"type":"thinking","signature": "gemini:c2ln"}]}]}'
     own = b'{"messages":[{"role":"assistant","content":[{"type":"thinking","signature":"ErUBCkYI"}]}]}'
     responses_sealed = b'{"input":[{"type":"reasoning","encrypted_content":"openai_responses:rs_1:gAAA"}]}'
+    by_opus = b'{"messages":[{"role":"assistant","content":[{"type":"thinking","signature":"anthropic_messages@claude-opus:ErUB"}]}]}'
 
-    assert foreign_in(gemini_sealed, "anthropic_messages")
-    assert not foreign_in(own, "anthropic_messages")
-    assert not foreign_in(responses_sealed, "openai_responses")
-    assert foreign_in(responses_sealed, "gemini")
-    assert not foreign_in(b'{"messages":[{"role":"user","content":"signature: gemini:x"}]}', "anthropic_messages")
+    assert same_format_plan(gemini_sealed, "anthropic_messages", "claude-opus") == "hub"
+    assert same_format_plan(own, "anthropic_messages", "claude-opus") is None
+    assert same_format_plan(responses_sealed, "openai_responses", "gpt-5") == "unseal"
+    assert same_format_plan(responses_sealed, "gemini", "gemini-2.5-pro") == "hub"
+    assert same_format_plan(by_opus, "anthropic_messages", "claude-opus") == "unseal"
+    assert same_format_plan(by_opus, "anthropic_messages", "claude-sonnet") == "hub"
+    assert same_format_plan(b'{"messages":[{"role":"user","content":"signature: gemini:x"}]}',
+                            "anthropic_messages", "claude-opus") is None

@@ -158,7 +158,7 @@ RESPONSE = {
 
 def test_a_response_with_a_function_call_becomes_an_anthropic_tool_use_answer():
     body = translate_answer(RESPONSE, "openai_responses", "anthropic_messages", "client-model")
-    assert body["content"] == [{"type": "thinking", "thinking": "Plan", "signature": "openai_responses:rs_1:E=="},
+    assert body["content"] == [{"type": "thinking", "thinking": "Plan", "signature": "openai_responses@gpt-up:rs_1:E=="},
                                {"type": "text", "text": "Calling"},
                                {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]
     assert body["stop_reason"] == "tool_use"

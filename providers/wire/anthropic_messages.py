@@ -12,7 +12,7 @@ from . import (
     require_bool, require_model, require_positive_int, user_turn_runs,
 )
 from .openai_chat import object_schema
-from .seals import foreign, seal, sealed_thinking
+from .seals import foreign, seal, sealed_thinking, unseal
 
 FORMAT = "anthropic_messages"
 DEFAULT_MAX_TOKENS = 8192  # Anthropic requires max_tokens; other formats may leave it out
@@ -163,7 +163,8 @@ def _read_block(block: dict, where: str, req: hub.Request, model: str | None = N
     if kind == "thinking":
         return sealed_thinking(block.get("thinking", ""), block.get("signature"), FORMAT, source_model=model)
     if kind == "redacted_thinking":
-        return hub.Thinking(redacted=block.get("data"), source_model=model, origin=FORMAT)
+        data, origin, sealed_by, _ = unseal(block.get("data") or "", FORMAT)
+        return hub.Thinking(redacted=data, source_model=sealed_by or model, origin=origin)
     if kind == "tool_use":
         return hub.ToolCall(block.get("id", ""), block.get("name", ""),
                             json.dumps(block.get("input") or {}, ensure_ascii=False))
@@ -468,13 +469,13 @@ def _answer_block(part, model: str) -> dict | None:
         return {"type": "text", "text": part.text}
     if isinstance(part, hub.Thinking):
         if part.redacted:
-            return {"type": "redacted_thinking", "data": part.redacted}
+            return {"type": "redacted_thinking", "data": seal(part.redacted, part.origin, FORMAT, None, part.source_model)}
         value = part.signature or part.encrypted_content
         if not part.text and not value:
             return None
         # unsigned reasoning (chat providers) gets "": the field is required
         return {"type": "thinking", "thinking": part.text,
-                "signature": seal(value, part.origin, FORMAT, part.id) if value else ""}
+                "signature": seal(value, part.origin, FORMAT, part.id, part.source_model) if value else ""}
     if isinstance(part, hub.ToolCall):
         return {"type": "tool_use", "id": part.id, "name": part.name, "input": parse_arguments(part.arguments)}
     return None
@@ -634,7 +635,7 @@ class StreamWriter:
         elif kind is hub.ThinkingDelta:
             out += self._delta(event.index, hub.BlockKind.THINKING, _THINKING_DELTA, event.text)
         elif kind is hub.SignatureDelta:
-            signature = seal(event.signature, event.origin, FORMAT, event.id)
+            signature = seal(event.signature, event.origin, FORMAT, event.id, event.model)
             out += self._delta(event.index, hub.BlockKind.THINKING, _SIGNATURE_DELTA, signature)
         elif kind is hub.ToolArgsDelta:
             out += self._delta(event.index, hub.BlockKind.TOOL_CALL, _JSON_DELTA, event.json)

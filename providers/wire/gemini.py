@@ -295,7 +295,7 @@ def _write_parts(parts: list, where: str, req: hub.Request | None, model: str, n
                 continue
             value = part.signature or part.encrypted_content
             if req is None and value:  # an answer for a client: another provider's seal goes out sealed
-                part = hub.Thinking(text=part.text, signature=seal(value, part.origin, FORMAT, part.id))
+                part = hub.Thinking(text=part.text, signature=seal(value, part.origin, FORMAT, part.id, part.source_model))
             if req is not None and part.source_model and part.source_model != model and part.signature:
                 req.drop(f"{where}.thought", f"signed reasoning from {part.source_model} is not valid for {model}")
                 continue  # (answers keep it: their `model` is the name the client asked for)
@@ -579,7 +579,7 @@ class StreamWriter:
             self._texts[event.index] = True
             return self._chunk({"text": event.text, "thought": True})
         if isinstance(event, hub.SignatureDelta):
-            signature = seal(event.signature, event.origin, FORMAT, event.id)
+            signature = seal(event.signature, event.origin, FORMAT, event.id, event.model)
             if self._texts.get(event.index):
                 return self._chunk({"text": "", "thought": True, "thoughtSignature": signature})
             self._pending = signature

@@ -429,7 +429,7 @@ def _output_items(parts: list, response_id: str) -> list[dict]:
                     "summary": [{"type": "summary_text", "text": part.text}] if part.text else []}
             value = part.encrypted_content or part.signature
             if value:  # another provider's signature rides here, sealed, to come back with the history
-                item["encrypted_content"] = seal(value, part.origin, FORMAT, part.id)
+                item["encrypted_content"] = seal(value, part.origin, FORMAT, part.id, part.source_model)
             items.append(item)
         elif isinstance(part, hub.ToolCall):
             if part.kind == "custom":
@@ -606,7 +606,7 @@ class StreamWriter:
         elif isinstance(event, hub.SignatureDelta):
             item = self._item(event.index)
             if item is not None and item["type"] == "reasoning":  # sent in output_item.done
-                item["encrypted_content"] = seal(event.signature, event.origin, FORMAT, event.id)
+                item["encrypted_content"] = seal(event.signature, event.origin, FORMAT, event.id, event.model)
         elif isinstance(event, hub.BlockStop):
             if self._open == event.index:
                 out += self._close_open()

@@ -6,18 +6,28 @@ They share one interface with openai_chat.StreamRelay, which the pipeline relies
 (a failure mid-stream, in the client's protocol), and `started`, `finished`, `error`,
 `usage` (hub.Usage, when the relay decoded it), `events_to_log(with_text)`.
 """
+import json
+
 from .. import hub
 from ..sse import EventSplitter
-from . import CODECS
+from . import CODECS, dumps
+from .seals import SEALED_FIELDS, seal_native
 from .translate import StreamTranslator
+
+
+# The bytes that show a stream event of a format may carry opaque reasoning.
+_SEAL_MARKS = {"anthropic_messages": (b'"signature', b'"redacted_thinking"'), "openai_responses": (b'"encrypted_content"',)}
 
 
 class ObservingRelay:
     """Same format on both sides (e.g. Anthropic client, Anthropic upstream): the bytes go
     through as received, whole events at a time; the format's reader watches them for the
-    end, errors and usage."""
+    end, errors and usage. Opaque reasoning is the exception: sealed with `sealed_by`, the
+    upstream model, so that it only ever goes back to that model."""
 
-    def __init__(self, fmt: str, secret: str | None = None):
+    def __init__(self, fmt: str, secret: str | None = None, sealed_by: str | None = None):
+        self.fmt = fmt
+        self.sealed_by = sealed_by if fmt in SEALED_FIELDS else None
         self.codec = CODECS[fmt]
         self.reader = self.codec.StreamReader()
         self._splitter = EventSplitter()
@@ -35,11 +45,32 @@ class ObservingRelay:
             block = block.replace(self._secret, b"***")
         for event in self.reader.feed(block):
             self._observe(event)
+        if self.sealed_by and any(mark in block for mark in _SEAL_MARKS[self.fmt]):
+            block = self._seal(block)
         if not self.started:
             if not any(line.startswith(b"data:") for line in block.split(b"\n")):
                 return b""  # comments and pings before the first event: the attempt may still fail over
             self.started = True
         return block
+
+    def _seal(self, block: bytes) -> bytes:
+        """The block with the opaque reasoning of its events sealed with the upstream model
+        (seals.py); the events without any go through as received."""
+        events = []
+        for event in block.split(b"\n\n"):
+            if any(mark in event for mark in _SEAL_MARKS[self.fmt]):
+                lines = event.split(b"\n")
+                for n, line in enumerate(lines):
+                    if line.startswith(b"data:"):
+                        try:
+                            payload = json.loads(line[5:])
+                        except ValueError:
+                            continue
+                        if isinstance(payload, dict) and seal_native(payload, self.fmt, self.sealed_by):
+                            lines[n] = b"data: " + dumps(payload).encode()
+                event = b"\n".join(lines)
+            events.append(event)
+        return b"\n\n".join(events)
 
     def _observe(self, event) -> None:
         if isinstance(event, (hub.Start, hub.Finish)) and event.usage:
@@ -64,8 +95,9 @@ class ObservingRelay:
 class TranslatingRelay:
     """Upstream format in, client format out, through the hub (translate.StreamTranslator)."""
 
-    def __init__(self, src: str, dst: str, model: str, secret: str | None = None, custom_tools=frozenset()):
-        self.translator = StreamTranslator(src, dst, model, custom_tools=custom_tools)
+    def __init__(self, src: str, dst: str, model: str, secret: str | None = None, custom_tools=frozenset(),
+                 sealed_by: str | None = None):
+        self.translator = StreamTranslator(src, dst, model, custom_tools=custom_tools, sealed_by=sealed_by)
         self._secret = secret.encode() if secret else None
         self.started = False
 

@@ -3,8 +3,8 @@
 How the proxy uses it, when the client's format (src of the request) differs from the
 upstream's: `translate_request(body, client, upstream, model)` gives the upstream body and
 the diagnostics to log; the answer comes back through `translate_answer(body, upstream,
-client, model, custom_tools)` or, streamed, through one `StreamTranslator(upstream, client,
-model, custom_tools)` fed every upstream read. `custom_tools` is `custom_tool_names(body,
+client, model, custom_tools, sealed_by)` or, streamed, through one `StreamTranslator(upstream, client,
+model, custom_tools, sealed_by)` fed every upstream read (`sealed_by`: the upstream model). `custom_tools` is `custom_tool_names(body,
 client)`: OpenAI custom (free-form) tools travel to other providers as functions taking one
 string, and their calls are turned back into custom calls here.
 """
@@ -34,13 +34,17 @@ def custom_tool_names(body: dict, src: str) -> frozenset[str]:
     return frozenset(n for n in names if n)
 
 
-def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozenset()) -> dict:
+def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozenset(),
+                     sealed_by: str | None = None) -> dict:
     """A whole (non-streamed) `src` answer (its body, or already read into a hub.Answer) as
-    the `dst` client expects it."""
+    the `dst` client expects it. `sealed_by` is the upstream model the gateway asked for:
+    its opaque reasoning is sealed with it (see seals.py), not with the name the answer gives."""
     ans = body if isinstance(body, hub.Answer) else CODECS[src].read_answer(body)
     for part in ans.parts:
         if isinstance(part, hub.ToolCall) and part.name in custom_tools and part.kind != "custom":
             part.kind, part.arguments = "custom", unwrap_custom_input(part.arguments)
+        elif isinstance(part, hub.Thinking) and sealed_by:
+            part.source_model = sealed_by
     return CODECS[dst].write_answer(ans, model)
 
 
@@ -51,9 +55,10 @@ class StreamTranslator:
     `usage` is the last usage seen (hub.Usage), `error` the message of an upstream error or
     failure, `finished` whether the upstream finished properly."""
 
-    def __init__(self, src: str, dst: str, model: str, custom_tools=frozenset()):
+    def __init__(self, src: str, dst: str, model: str, custom_tools=frozenset(), sealed_by: str | None = None):
         self.reader = CODECS[src].StreamReader()
         self.writer = CODECS[dst].StreamWriter(model)
+        self.sealed_by = sealed_by  # the upstream model, for the seals of its reasoning
         self.usage: hub.Usage | None = None
         self.error: str | None = None
         self.finished = False
@@ -92,6 +97,8 @@ class StreamTranslator:
                     self.finished = True
             elif kind is hub.Error and self.error is None:
                 self.error = event.message
+            elif kind is hub.SignatureDelta:
+                event.model = self.sealed_by
             if self.custom_tools:
                 out += [write(e) for e in self._restore_custom(event)]
             else:
