@@ -292,6 +292,11 @@ def last_upstream_body(mock_upstream):
     return mock_upstream.requests[-1]["json"]
 
 
+def signed(seals: list[str], client: str) -> list[str]:
+    """The signatures behind a client's seals (unsigned reasoning is sealed empty: left out)."""
+    return [bare for bare in (unseal(value, client)[0] for value in seals) if bare]
+
+
 def replayed_reasoning(upstream: str, body: dict):
     """What the upstream received of the earlier turn's reasoning: chat's reasoning_content,
     Gemini's thoughtSignature on the function call, Anthropic's signed thinking block."""
@@ -318,7 +323,7 @@ def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, r
     calls = [b for b in first.content if b.type == "tool_use"]
     assert thinking and thinking[0].thinking.startswith("Thinking about") and calls
     signatures = [b.signature for b in thinking if b.signature]
-    if upstream != "openai":  # (reasoning_content comes unsigned: its thinking block has an empty signature)
+    if upstream != "openai":  # (reasoning_content comes unsigned: its signature is an empty seal)
         assert signatures, "signed reasoning reaches the client with its signature"
     turn1_upstream = last_upstream_body(mock_upstream)
 
@@ -336,7 +341,7 @@ def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, r
     else:  # the signature the client held, sealed with the upstream model, went back bare, byte for byte
         fmt = {"gemini": "gemini", "anthropic": "anthropic_messages"}[upstream]
         assert all(sig.startswith(f"{fmt}@{REASONER}:") for sig in signatures)
-        bare = [unseal(sig, "anthropic_messages")[0] for sig in signatures]
+        bare = signed(signatures, "anthropic_messages")
         assert replayed == (bare if upstream == "gemini" else [(thinking[0].thinking, bare[0])])
 
 
@@ -365,7 +370,7 @@ def test_a_responses_client_keeps_reasoning_items_across_a_tool_turn(reasoning_s
     else:  # encrypted_content, sealed with the upstream model, went back bare, byte for byte
         fmt = {"gemini": "gemini", "anthropic": "anthropic_messages", "responses": "openai_responses"}[upstream]
         assert sealed and all(s.startswith(f"{fmt}@{REASONER}:") for s in sealed)
-        bare = [unseal(s, "openai_responses")[0] for s in sealed]
+        bare = signed(sealed, "openai_responses")
         assert bare == ([sig for _, sig in replayed] if upstream == "anthropic" else replayed)
 
 
@@ -390,7 +395,7 @@ def test_signed_reasoning_from_another_upstream_is_dropped_with_a_diagnostic(rea
 
     assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
     sent = json.dumps(last_upstream_body(mock_upstream))
-    assert not any(unseal(sig, "anthropic_messages")[0] in sent for sig in signatures), sent
+    assert not any(bare in sent for bare in signed(signatures, "anthropic_messages")), sent
     row = wait_for_log(request_id)
     assert ("messages[1]" in row.diagnostics or "messages.1" in row.diagnostics), row.diagnostics
     assert "reasoning" in row.diagnostics, row.diagnostics
@@ -425,12 +430,41 @@ def test_signed_thinking_goes_back_only_to_the_anthropic_model_that_made_it(reas
     assert f"signed reasoning from {REASONER} is not valid for {OTHER_REASONER}" in row.diagnostics
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_unsigned_thinking_from_a_chat_upstream_never_reaches_anthropic_as_its_own(reasoning_sdk, reasoning_routes,
+                                                                                  mock_upstream, db_access, stream):
+    from .conftest import wait_for_log
+
+    names, _ = reasoning_routes
+    client = reasoning_sdk["anthropic"]
+    prompt = [{"role": "user", "content": "weather in Paris"}]
+    _, first = thinking_turn(client, names["openai"], prompt, stream)  # reasoning_content, unsigned
+    thinking = [b for b in first.content if b.type == "thinking"]
+    assert thinking and all(b.signature == f"openai_chat@{REASONER}:" for b in thinking)
+    calls = [b for b in first.content if b.type == "tool_use"]
+    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
+                                                     for c in calls]}]
+
+    # A failover to Anthropic: a thinking block it did not sign would be refused (invalid signature).
+    request_id, second = thinking_turn(client, names["anthropic-lenient"], history, stream)
+
+    assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
+    sent = last_upstream_body(mock_upstream)
+    assert not any(b.get("type") == "thinking" for m in sent["messages"] if isinstance(m["content"], list)
+                   for b in m["content"]), sent
+    assert "Anthropic accepts only reasoning it signed" in wait_for_log(request_id).diagnostics
+
+
+@pytest.mark.parametrize("first_upstream", ["responses", "openai"])  # (chat: unsigned reasoning, sealed empty)
 def test_encrypted_reasoning_goes_back_only_to_the_responses_model_that_made_it(reasoning_sdk, reasoning_routes,
-                                                                               mock_upstream, db_access):
+                                                                               mock_upstream, db_access,
+                                                                               first_upstream):
     names, _ = reasoning_routes
     client = reasoning_sdk["openai"]
     prompt = [{"role": "user", "content": "weather in Paris"}]
-    first = reasoning_turn(client, names["responses"], prompt, stream=True)
+    first = reasoning_turn(client, names[first_upstream], prompt, stream=True)
+    assert [i for i in first.output if i.type == "reasoning" and i.encrypted_content]
     calls = [i for i in first.output if i.type == "function_call"]
     items = prompt + [i.model_dump(exclude_none=True) for i in first.output] + [
         {"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls]

@@ -165,7 +165,7 @@ def test_a_gemini_answer_becomes_a_chat_completion_with_thoughts_counted_as_comp
 def test_a_gemini_answer_hands_its_signature_to_an_anthropic_client_sealed_with_its_origin():
     body = translate_answer(GEMINI_ANSWER, "gemini", "anthropic_messages", "client-model")
     assert body["content"] == [
-        {"type": "thinking", "thinking": "Thinking about it", "signature": ""},
+        {"type": "thinking", "thinking": "Thinking about it", "signature": "gemini@gemini-2.5-pro:"},  # unsigned, marked
         {"type": "thinking", "thinking": "", "signature": "gemini@gemini-2.5-pro:U2lnMQ=="},
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "gemini_call_0", "name": "f", "input": {"a": 1}}]

@@ -235,7 +235,8 @@ def test_a_chat_completion_becomes_an_anthropic_message_with_cached_tokens_taken
     body = translate_answer(chat, "openai_chat", "anthropic_messages", "client-model")
     assert body == {
         "id": "msg_chatcmpl-1", "type": "message", "role": "assistant", "model": "client-model",
-        "content": [{"type": "thinking", "thinking": "r", "signature": ""}, {"type": "text", "text": "Hello"}],
+        "content": [{"type": "thinking", "thinking": "r", "signature": "openai_chat@gpt-up:"},  # unsigned, marked
+                    {"type": "text", "text": "Hello"}],
         "stop_reason": "max_tokens", "stop_sequence": None,
         "usage": {"input_tokens": 40, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 60,
                   "output_tokens": 50, "output_tokens_details": {"thinking_tokens": 20}},

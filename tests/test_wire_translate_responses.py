@@ -217,7 +217,8 @@ def test_a_chat_stream_becomes_responses_events_with_matching_ids_and_indices():
     assert completed["id"] == payloads[0]["response"]["id"] == "resp_chatcmpl-9"
     assert completed["status"] == "completed"
     assert completed["output"] == [
-        {"id": "rs_chatcmpl-9_0", "type": "reasoning", "summary": [{"type": "summary_text", "text": "先想一想"}]},
+        {"id": "rs_chatcmpl-9_0", "type": "reasoning", "summary": [{"type": "summary_text", "text": "先想一想"}],
+         "encrypted_content": "openai_chat:"},  # unsigned reasoning, marked with its origin
         {"id": "msg_chatcmpl-9_1", "type": "message", "status": "completed", "role": "assistant",
          "content": [{"type": "output_text", "text": "I'll check both.", "annotations": []}]},
         {"id": "fc_call_a", "type": "function_call", "status": "completed", "arguments": "{\"city\":\"Paris\"}",

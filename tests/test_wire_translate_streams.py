@@ -152,6 +152,8 @@ def test_chat_reasoning_and_two_tool_calls_become_anthropic_blocks_in_order():
                                  "delta": {"type": "thinking_delta", "thinking": "先想"}}),
         ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                  "delta": {"type": "thinking_delta", "thinking": "一想"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,  # unsigned, marked with its origin
+                                 "delta": {"type": "signature_delta", "signature": "openai_chat:"}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("content_block_start", {"type": "content_block_start", "index": 1,
                                  "content_block": {"type": "text", "text": ""}}),

@@ -473,9 +473,9 @@ def _answer_block(part, model: str) -> dict | None:
         value = part.signature or part.encrypted_content
         if not part.text and not value:
             return None
-        # unsigned reasoning (chat providers) gets "": the field is required
+        # unsigned reasoning (chat providers) is sealed empty with its origin: the field is required
         return {"type": "thinking", "thinking": part.text,
-                "signature": seal(value, part.origin, FORMAT, part.id, part.source_model) if value else ""}
+                "signature": seal(value or "", part.origin, FORMAT, part.id, part.source_model)}
     if isinstance(part, hub.ToolCall):
         return {"type": "tool_use", "id": part.id, "name": part.name, "input": parse_arguments(part.arguments)}
     return None

@@ -287,7 +287,7 @@ def _write_reasoning(part: hub.Thinking, where: str, req: hub.Request, model: st
     if part.source_model and part.source_model != model and part.encrypted_content:
         req.drop(f"{where}.reasoning", f"encrypted reasoning from {part.source_model} is not valid for {model}")
         return None
-    if not (part.id and part.encrypted_content) and not (part.id and req.format == FORMAT):
+    if not (part.id and part.encrypted_content) and not (part.id and req.format == FORMAT and part.origin in (None, FORMAT)):
         req.drop(f"{where}.reasoning", "reasoning not issued by OpenAI cannot be sent back to it")
         return None
     item = {"type": "reasoning", "id": part.id,
@@ -428,8 +428,9 @@ def _output_items(parts: list, response_id: str) -> list[dict]:
             item = {"type": "reasoning", "id": part.id or f"rs_{response_id}_{n}",
                     "summary": [{"type": "summary_text", "text": part.text}] if part.text else []}
             value = part.encrypted_content or part.signature
-            if value:  # another provider's signature rides here, sealed, to come back with the history
-                item["encrypted_content"] = seal(value, part.origin, FORMAT, part.id, part.source_model)
+            if value or part.origin not in (None, FORMAT):  # another provider's signature (or the
+                # mark of unsigned reasoning) rides here, sealed, to come back with the history
+                item["encrypted_content"] = seal(value or "", part.origin, FORMAT, part.id, part.source_model)
             items.append(item)
         elif isinstance(part, hub.ToolCall):
             if part.kind == "custom":

@@ -33,8 +33,8 @@ def unseal(value: str, client: str) -> tuple[str, str, str | None, str | None]:
     """(opaque value, origin format, upstream model, Responses item id) of what a `client`
     sent back; a value the gateway did not seal is the client's own format's, model unknown."""
     head, colon, rest = value.partition(":")
-    origin, at, model = head.partition("@")
-    if origin not in FORMATS or not (rest or at) or not colon:
+    origin, _, model = head.partition("@")
+    if origin not in FORMATS or not colon:
         return value, client, None, None
     item_id = None
     if origin == "openai_responses":

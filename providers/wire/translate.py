@@ -43,8 +43,9 @@ def translate_answer(body, src: str, dst: str, model: str, custom_tools=frozense
     for part in ans.parts:
         if isinstance(part, hub.ToolCall) and part.name in custom_tools and part.kind != "custom":
             part.kind, part.arguments = "custom", unwrap_custom_input(part.arguments)
-        elif isinstance(part, hub.Thinking) and sealed_by:
-            part.source_model = sealed_by
+        elif isinstance(part, hub.Thinking):
+            part.origin = part.origin or src  # unsigned reasoning too: see StreamTranslator._write
+            part.source_model = sealed_by or part.source_model
     return CODECS[dst].write_answer(ans, model)
 
 
@@ -58,7 +59,9 @@ class StreamTranslator:
     def __init__(self, src: str, dst: str, model: str, custom_tools=frozenset(), sealed_by: str | None = None):
         self.reader = CODECS[src].StreamReader()
         self.writer = CODECS[dst].StreamWriter(model)
+        self.src = src
         self.sealed_by = sealed_by  # the upstream model, for the seals of its reasoning
+        self._unsigned: set[int] = set()  # thinking blocks open without a seal so far
         self.usage: hub.Usage | None = None
         self.error: str | None = None
         self.finished = False
@@ -99,6 +102,14 @@ class StreamTranslator:
                 self.error = event.message
             elif kind is hub.SignatureDelta:
                 event.model = self.sealed_by
+                self._unsigned.discard(event.index)
+            elif kind is hub.BlockStart and event.kind is hub.BlockKind.THINKING:
+                self._unsigned.add(event.index)
+            elif kind is hub.BlockStop and event.index in self._unsigned:
+                # Unsigned reasoning (chat's reasoning_content) is sealed empty with its origin, so
+                # that when the client sends it back, no provider that signs takes it for its own.
+                self._unsigned.discard(event.index)
+                out.append(write(hub.SignatureDelta(event.index, "", origin=self.src, model=self.sealed_by)))
             if self.custom_tools:
                 out += [write(e) for e in self._restore_custom(event)]
             else:
