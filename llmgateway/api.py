@@ -17,7 +17,7 @@ from . import runtime
 from .apihandler import OVERLOADED, TOO_LARGE, stopping
 from .clientip import request_client_ip
 from .errors import (AuthenticationFailed, EndpointNotFound, GatewayError, InvalidRequest, PayloadTooLarge,
-                     ServiceUnavailable)
+                     ServiceUnavailable, overloaded_error)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ class VirtualKeyAuth:
         if limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         if scope.get(OVERLOADED):
-            raise ServiceUnavailable("The gateway is at capacity; try again in a moment.", code="overloaded",
-                                     headers={"Retry-After": "1"},
-                                     log_message=f"more than {scope[OVERLOADED]} requests in flight")
+            raise overloaded_error(scope[OVERLOADED])
         if stopping.is_set():
             raise ServiceUnavailable("The gateway is restarting; try again in a moment.", code="server_shutting_down",
                                      headers={"Retry-After": "1"})

@@ -49,6 +49,27 @@ class BodyTooLarge(Exception):
     pass
 
 
+class InFlight:
+    """How many API requests this process is serving, against GATEWAY_MAX_IN_FLIGHT: HTTP
+    requests and responses over a WebSocket (routing/websocket.py) count alike, on the one
+    counter of the process's ApiHandler. Only the event loop's thread touches it."""
+
+    __slots__ = ("limit", "count")
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit  # None: no limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Count one more request; False when it is past the limit. A refused request counts
+        too, until it leaves (it is being answered), as the HTTP side always did."""
+        self.count += 1
+        return self.limit is None or self.count <= self.limit
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
 class ApiHandler(ASGIHandler):
     def __init__(self, body_limit: int | None = None, urlconf: str | None = None, max_in_flight: int | None = None):
         super().__init__()
@@ -56,8 +77,7 @@ class ApiHandler(ASGIHandler):
         self.urlconf = urlconf  # the API's own URLs: resolved without trying the site's first
         # Requests past this many in flight are answered at once with 503 (in the client's
         # protocol, by the view layer): the process stays responsive, /healthz fast.
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.in_flight = InFlight(max_in_flight)
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
@@ -92,15 +112,15 @@ class ApiHandler(ASGIHandler):
                 raise RequestAborted()
 
     async def handle(self, scope, receive, send):
-        self.in_flight += 1
+        in_flight = self.in_flight
+        if not in_flight.enter():
+            scope = {**scope, OVERLOADED: in_flight.limit}
         try:
             await self._handle(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            in_flight.leave()
 
     async def _handle(self, scope, receive, send):
-        if self.max_in_flight is not None and self.in_flight > self.max_in_flight:
-            scope = {**scope, OVERLOADED: self.max_in_flight}
         try:
             body_file = await self.read_body(receive, size=self._declared_excess(scope))
         except RequestAborted:

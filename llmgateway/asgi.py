@@ -9,6 +9,8 @@ HTTP, so Channels' protocol router would only add a layer to every request.
 WebSockets: /v1/responses speaks the Responses API over a WebSocket (Codex CLI's preferred
 transport), served by routing/websocket.py through the same pipeline as HTTP. It is routed
 here, by path, rather than through Channels' ProtocolTypeRouter, for the same reason as above.
+Its responses count in the HTTP handler's in-flight counter (GATEWAY_MAX_IN_FLIGHT), and its
+messages are held to GATEWAY_MAX_BODY_BYTES while they arrive (limit_websocket_messages).
 A handshake on any other API path is answered 426 Upgrade Required, the one answer after
 which Codex switches to HTTP at once instead of reconnecting five times (docs/clients.md).
 """
@@ -131,6 +133,44 @@ def allow_websocket_denial_responses():
     WebSocketProtocol.handle_reply = handle_reply_with_denials
 
 
+def limit_websocket_messages(limit: int) -> None:
+    """Hold every WebSocket message a client sends to `limit` bytes (GATEWAY_MAX_BODY_BYTES)
+    while it arrives: autobahn fails the connection with 1009 (message too big) as soon as a
+    frame header or the frames so far say more, instead of buffering the whole message for the
+    application to measure. Daphne sets its own size options (1 MiB, or its command line's) on
+    its WebSocket factory when it starts serving, after this module is imported: they are
+    replaced with the gateway's limit there.
+
+    autobahn applies the message limit to what the server sends as well, but the limit is
+    on requests: an answer's event (a response.completed holding the whole output) may be
+    bigger, as an HTTP answer may, so it is lifted for sends."""
+    from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+
+    set_protocol_options = WebSocketFactory.setProtocolOptions
+    if getattr(set_protocol_options, "limits_messages", False):
+        return
+
+    def setProtocolOptions(self, **options):
+        # failByDrop off: else autobahn fails a connection by dropping it, without the close frame
+        # that tells the client why (it would see 1006, abnormal closure, instead of 1009).
+        set_protocol_options(self, **{**options, "maxMessagePayloadSize": limit, "maxFramePayloadSize": limit,
+                                      "failByDrop": False})
+
+    send_message = WebSocketProtocol.sendMessage
+
+    def sendMessage(self, *args, **kwargs):
+        # Synchronous (frames go to the transport's buffer): nothing receives in between.
+        received_limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
+            return send_message(self, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = received_limit
+
+    setProtocolOptions.limits_messages = True
+    WebSocketFactory.setProtocolOptions = setProtocolOptions
+    WebSocketProtocol.sendMessage = sendMessage
+
+
 async def refuse_websocket(receive, send):
     await receive()  # websocket.connect
     await send({"type": "websocket.http.response.start", "status": 426,
@@ -153,7 +193,7 @@ class Dispatcher:
         elif scope["type"] == "websocket":
             path = canonical_path(scope["path"])
             if path == "/v1/responses":
-                return await serve_responses_socket(scope, receive, send)
+                return await serve_responses_socket(scope, receive, send, self.api.in_flight)
             if path is not None:
                 return await refuse_websocket(receive, send)
         return await site_application(scope, receive, send)
@@ -161,6 +201,7 @@ class Dispatcher:
 
 leave_bodies_unparsed()
 allow_websocket_denial_responses()
+limit_websocket_messages(settings.GATEWAY_MAX_BODY_BYTES)
 cut_off_slow_bodies(settings.GATEWAY_BODY_TIMEOUT_S)
 application = Dispatcher()
 watch_for_shutdown()

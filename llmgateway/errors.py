@@ -60,6 +60,13 @@ class ServiceUnavailable(GatewayError):
     status, type, code, kind = 503, "api_error", "service_unavailable", "unavailable"
 
 
+def overloaded_error(limit: int) -> ServiceUnavailable:
+    """The answer to a request past GATEWAY_MAX_IN_FLIGHT (llmgateway.apihandler.InFlight): over
+    HTTP a 503 in the client's protocol, over the Responses WebSocket an error frame."""
+    return ServiceUnavailable("The gateway is at capacity; try again in a moment.", code="overloaded",
+                              headers={"Retry-After": "1"}, log_message=f"more than {limit} requests in flight")
+
+
 class UpstreamError(GatewayError):
     """The upstream answered with an error status; the client gets that status and message."""
 

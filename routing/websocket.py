@@ -8,6 +8,11 @@ Responses request body: it goes through the same pipeline as a streamed POST /v1
 goes back as one text frame holding the event's JSON data. An error is one frame
 `{"type": "error", "status": ..., "error": {...}}` and the socket stays open, as OpenAI's does.
 
+Limits are the HTTP side's: each frame being answered counts as one request in flight against
+GATEWAY_MAX_IN_FLIGHT (the process's one counter, shared with HTTP; past it the frame gets the
+503 `overloaded` error frame), and a message larger than GATEWAY_MAX_BODY_BYTES is refused by
+Daphne while it arrives, closing the socket with 1009 (llmgateway/asgi.py limit_websocket_messages).
+
 Turns are chained as Codex chains them: `previous_response_id` naming the last response on
 this socket is expanded here into that response's input and output followed by the new
 input (OpenAI keeps the same connection-local state), so chaining works whatever the
@@ -23,8 +28,8 @@ from django.conf import settings
 
 from keys.auth import authenticate_request
 from llmgateway import runtime
-from llmgateway.apihandler import stopping
-from llmgateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from llmgateway.apihandler import InFlight, stopping
+from llmgateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, overloaded_error
 from providers.sse import EventSplitter, event_data
 
 from . import proxy
@@ -109,8 +114,9 @@ class ResponsesSocket:
     """One WebSocket connection: authenticated once at the handshake, then one response per
     response.create frame, answered in order."""
 
-    def __init__(self, scope, receive, send):
+    def __init__(self, scope, receive, send, in_flight: InFlight | None = None):
         self.scope, self.receive, self.send = scope, receive, send
+        self.in_flight = in_flight if in_flight is not None else InFlight()
         self.meta = handshake_meta(scope)
         self.headers = {name: self.meta[key] for name, key in READ_HEADERS.items() if key in self.meta}
         client = scope.get("client")
@@ -203,8 +209,12 @@ class ResponsesSocket:
     async def answer(self, text: str) -> bool:
         """Answer one client frame; False when the socket must close (the key is no longer valid)."""
         record = RequestRecord.begin(LOG_ENDPOINT, self.client_ip)
+        admitted = self.in_flight.enter()
         try:
             try:
+                if not admitted:  # as on HTTP: refused before the key is looked at again
+                    record.log.virtual_key_id = self.key.id
+                    raise overloaded_error(self.in_flight.limit)
                 # The key is checked again for every response: it may have been disabled since.
                 key = record.key = await self.authenticate()
             except GatewayError as err:
@@ -224,9 +234,12 @@ class ResponsesSocket:
             await self.serve(record, key, body)
             return True
         finally:
+            self.in_flight.leave()
             await record.abandon()
 
     def read_frame(self, text: str) -> dict:
+        # A second line: under Daphne a bigger message never gets here (closed with 1009 while it
+        # arrived), but a binary frame decoded above can grow, and another server may not limit.
         if len(text.encode()) > settings.GATEWAY_MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The message is larger than the limit of {settings.GATEWAY_MAX_BODY_BYTES} bytes.")
         try:
@@ -311,6 +324,7 @@ class ResponsesSocket:
         await self.send({"type": "websocket.send", "text": json.dumps(payload, ensure_ascii=False)})
 
 
-async def serve_responses_socket(scope, receive, send) -> None:
-    """The ASGI application for a WebSocket on /v1/responses."""
-    await ResponsesSocket(scope, receive, send).run()
+async def serve_responses_socket(scope, receive, send, in_flight: InFlight | None = None) -> None:
+    """The ASGI application for a WebSocket on /v1/responses; `in_flight` is the process's
+    counter of API requests (the HTTP handler's), which each response counts in."""
+    await ResponsesSocket(scope, receive, send, in_flight).run()
