@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote
 
@@ -93,6 +94,25 @@ def mock_upstream():
     server = MockUpstreamThread().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def mock():
+    """A mock upstream of the test module's own, for the tests of the mock itself: what it
+    records is never mixed with the gateway's traffic to the session's mock_upstream."""
+    with MockUpstreamThread() as server:
+        yield server
+
+
+@pytest.fixture
+def mock_http(mock):
+    """Opens httpx clients on the module's mock (nothing recorded yet), closed after the test:
+    mock_http(headers) talks to its /v1, mock_http(headers, path="") to its origin."""
+    mock.clear()
+    with ExitStack() as opened:
+        def open_client(headers: dict, path: str = "/v1") -> httpx.Client:
+            return opened.enter_context(httpx.Client(base_url=mock.origin + path, headers=headers, timeout=10))
+        yield open_client
 
 
 def database_url() -> str:
