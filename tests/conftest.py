@@ -290,6 +290,24 @@ def db_access(django_db_setup, django_db_blocker):
         yield
 
 
+@pytest.fixture
+def monitoring_on(db_access):
+    """Health monitoring turned on (the settings row), for tests outside a transaction; afterwards
+    the row, its monitoring key and that key's request-log rows are gone."""
+    from healthcheck.models import MonitoringSettings
+    from keys.models import VirtualKey
+    from routing.models import RequestLog
+
+    settings_row = MonitoringSettings.load()
+    settings_row.enabled = True
+    settings_row.save()
+    yield settings_row
+    key_id = settings_row.monitoring_key_id
+    MonitoringSettings.objects.filter(pk=1).delete()
+    RequestLog.objects.filter(virtual_key_id=key_id).delete()
+    VirtualKey.objects.filter(pk=key_id).delete()
+
+
 def wait_for_log(request_id: str, timeout: float = 10):
     from routing.models import RequestLog
 
