@@ -308,6 +308,22 @@ def monitoring_on(db_access):
     VirtualKey.objects.filter(pk=key_id).delete()
 
 
+@pytest.fixture
+def admission_round_trips(monkeypatch):
+    """The script calls of each Redis round trip routing/admission.py sends (run_scripts), in order."""
+    from routing import admission
+
+    round_trips = []
+    real_run_scripts = admission.run_scripts
+
+    async def recorded_run_scripts(client, calls):
+        round_trips.append(list(calls))
+        return await real_run_scripts(client, calls)
+
+    monkeypatch.setattr(admission, "run_scripts", recorded_run_scripts)
+    return round_trips
+
+
 def wait_for_log(request_id: str, timeout: float = 10):
     from routing.models import RequestLog
 

@@ -262,20 +262,12 @@ def test_a_probe_a_session_binding_or_a_failure_never_folds():
 
 
 def test_reports_ending_within_one_batch_window_go_in_one_round_trip_with_successes_folded_and_failures_not(
-        settings, monkeypatch):
+        settings, admission_round_trips):
     from routing import admission
 
     settings.GATEWAY_REPORT_BATCH_S = 0.05
     route, steady, failing = new_id(), new_id(), new_id()
     policy = make_policy(failures=2, latency_alpha=0.5)
-    round_trips = []
-    real_run_scripts = admission.run_scripts
-
-    async def counted_run_scripts(client, calls):
-        round_trips.append(list(calls))
-        return await real_run_scripts(client, calls)
-
-    monkeypatch.setattr(admission, "run_scripts", counted_run_scripts)
 
     def success(ms):
         return resilience.prepare_report(route, steady, None, outcome="ok", latency_ms=ms, policy=policy)
@@ -299,7 +291,7 @@ def test_reports_ending_within_one_batch_window_go_in_one_round_trip_with_succes
 
     state = run(work)
 
-    first, second = round_trips
+    first, second = admission_round_trips
     assert len(first) == 3 and failures[0] in first and failures[1] in first  # 3 successes folded into 1
     assert len(second) == 1
     # Both failures counted: two of them open the circuit (folded into one, they would not).
