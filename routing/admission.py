@@ -132,10 +132,34 @@ def prepare_admission(key: KeyEntry, route: RouteEntry, demand: Demand):
     return admission, call, route
 
 
-# Requests for a route whose state is being read wait for that read rather than each sending
-# their own: after the quiet-state cache expires, a busy process would otherwise send one read
-# per request until the first answer is back.
-_reads_in_flight: dict[tuple, asyncio.Future] = {}  # (event loop, route id) -> the quiet state or None
+class ReadsInFlight:
+    """The routing-state reads under way, one per (event loop, route id), for the requests that
+    come meanwhile to wait for instead of sending their own: after the quiet-state cache
+    expires, a busy process would otherwise send one read per request until the first answer
+    is back. A read's result is the route's quiet state, or None (not quiet: each reads its own)."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self):
+        self._futures: dict[tuple, asyncio.Future] = {}
+
+    def running(self, in_flight: tuple) -> asyncio.Future | None:
+        """The read of (loop, route id) under way, to wait for; None when there is none."""
+        return self._futures.get(in_flight)
+
+    def lead(self, in_flight: tuple) -> bool:
+        """Make the calling request the one whose read the others wait for (False: one already is)."""
+        if in_flight in self._futures:
+            return False
+        self._futures[in_flight] = in_flight[0].create_future()
+        return True
+
+    def end(self, in_flight: tuple, quiet_state) -> None:
+        """Hand the waiting requests what the lead's read found."""
+        self._futures.pop(in_flight).set_result(quiet_state)
+
+
+_reads_in_flight = ReadsInFlight()
 
 
 async def _read_state(route: RouteEntry, session_id: str | None, admission, admit_call, redis):
@@ -161,21 +185,23 @@ async def admit_and_plan(key: KeyEntry, route: RouteEntry, demand: Demand, sessi
     admission, admit_call, route = prepare_admission(key, route, demand)
     sessionless = session_id is None or not route.session_ttl_s
     shared = admit_call is None and sessionless  # a read whose quiet result any request may use
-    in_flight = (asyncio.get_running_loop(), route.id)
     state = attempts.quiet_state(route) if shared else None
-    if state is None and shared and in_flight in _reads_in_flight:
-        state = await asyncio.shield(_reads_in_flight[in_flight])  # None: that read found the route not quiet
+    leads = False
+    if state is None and shared:
+        in_flight = (asyncio.get_running_loop(), route.id)
+        running = _reads_in_flight.running(in_flight)
+        if running is not None:
+            state = await asyncio.shield(running)  # None: that read found the route not quiet
+        if state is None:
+            leads = _reads_in_flight.lead(in_flight)
     if state is None:
-        leads = shared and in_flight not in _reads_in_flight
-        if leads:
-            _reads_in_flight[in_flight] = asyncio.get_running_loop().create_future()
         try:
             state, admission = await _read_state(route, session_id, admission, admit_call, redis)
             if sessionless:
                 attempts.remember_state(route, state)
         finally:
             if leads:
-                _reads_in_flight.pop(in_flight).set_result(attempts.quiet_state(route))
+                _reads_in_flight.end(in_flight, attempts.quiet_state(route))
     if admission is not None and not admission.allowed:
         attempts.release_probes(state, redis)
         raise admission.error()

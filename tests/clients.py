@@ -119,3 +119,16 @@ def official_sdks(gateway, secret: str) -> dict:
 
     return {"openai": openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0, timeout=20),
             "anthropic": anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, timeout=20)}
+
+
+def key_for_routes(gateway, routes: dict) -> tuple[dict[str, str], str]:
+    """A new virtual key to `routes` ({label: route}) alone, so other tests' upstreams stay out of
+    reach, returned once `gateway` serves each of them to it: ({label: model name}, secret).
+    Needs database access."""
+    from .conftest import wait_for_model
+    from .factories import make_key
+
+    _, secret = make_key(routes=list(routes.values()))
+    for route in routes.values():
+        wait_for_model(gateway, route.name, key=secret)
+    return {label: route.name for label, route in routes.items()}, secret

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote
 
@@ -93,6 +94,25 @@ def mock_upstream():
     server = MockUpstreamThread().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def mock():
+    """A mock upstream of the test module's own, for the tests of the mock itself: what it
+    records is never mixed with the gateway's traffic to the session's mock_upstream."""
+    with MockUpstreamThread() as server:
+        yield server
+
+
+@pytest.fixture
+def mock_http(mock):
+    """Opens httpx clients on the module's mock (nothing recorded yet), closed after the test:
+    mock_http(headers) talks to its /v1, mock_http(headers, path="") to its origin."""
+    mock.clear()
+    with ExitStack() as opened:
+        def open_client(headers: dict, path: str = "/v1") -> httpx.Client:
+            return opened.enter_context(httpx.Client(base_url=mock.origin + path, headers=headers, timeout=10))
+        yield open_client
 
 
 def database_url() -> str:
@@ -268,6 +288,40 @@ def db_access(django_db_setup, django_db_blocker):
     """Read what gateway processes wrote, from a test that is not in a transaction."""
     with django_db_blocker.unblock():
         yield
+
+
+@pytest.fixture
+def monitoring_on(db_access):
+    """Health monitoring turned on (the settings row), for tests outside a transaction; afterwards
+    the row, its monitoring key and that key's request-log rows are gone."""
+    from healthcheck.models import MonitoringSettings
+    from keys.models import VirtualKey
+    from routing.models import RequestLog
+
+    settings_row = MonitoringSettings.load()
+    settings_row.enabled = True
+    settings_row.save()
+    yield settings_row
+    key_id = settings_row.monitoring_key_id
+    MonitoringSettings.objects.filter(pk=1).delete()
+    RequestLog.objects.filter(virtual_key_id=key_id).delete()
+    VirtualKey.objects.filter(pk=key_id).delete()
+
+
+@pytest.fixture
+def admission_round_trips(monkeypatch):
+    """The script calls of each Redis round trip routing/admission.py sends (run_scripts), in order."""
+    from routing import admission
+
+    round_trips = []
+    real_run_scripts = admission.run_scripts
+
+    async def recorded_run_scripts(client, calls):
+        round_trips.append(list(calls))
+        return await real_run_scripts(client, calls)
+
+    monkeypatch.setattr(admission, "run_scripts", recorded_run_scripts)
+    return round_trips
 
 
 def wait_for_log(request_id: str, timeout: float = 10):

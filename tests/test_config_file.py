@@ -442,6 +442,30 @@ def test_a_successful_apply_bumps_the_config_version_once(write, bumps):
     assert bumps == [1]
 
 
+@db
+def test_an_apply_that_changes_only_virtual_keys_and_monitoring_leaves_the_route_snapshot_alone(
+        write, bumps, django_capture_on_commit_callbacks):
+    from routing.snapshot import bump_config_version
+
+    run("apply", write(FULL))
+    bumps.clear()
+    keys_and_monitoring_only = (FULL.replace("rpm: 600", "rpm: 900")
+                                .replace("  dashboard:\n    enabled: false\n    budget_period: total\n", "")
+                                .replace("default_interval_s: 120", "default_interval_s: 300"))
+
+    with django_capture_on_commit_callbacks() as after_commit:
+        _, unchanged, _ = run("apply", write(FULL))
+        _, changed, _ = run("apply", write(keys_and_monitoring_only))
+
+    assert unchanged.strip() == "no changes"
+    assert "updated virtual key 'ci' (rpm)" in changed and "deleted virtual key 'dashboard'" in changed
+    assert "updated monitoring settings (default_interval_s)" in changed
+    assert bumps == []
+    assert after_commit and bump_config_version not in after_commit  # the keys' own publishing only
+    run("apply", write(keys_and_monitoring_only.replace("cooldown_s: 15", "cooldown_s: 20")))
+    assert bumps == [1]
+
+
 # --- exporting --------------------------------------------------------------
 
 @db

@@ -60,25 +60,16 @@ def upstream_port():
 
 
 @pytest.fixture
-def monitored_model(db_access, upstream_port, mock_upstream):
+def monitored_model(monitoring_on, upstream_port, mock_upstream):
     """A model on its own upstream port, probed every INTERVAL_S; all of it removed afterwards."""
-    from healthcheck.models import HealthTarget, MonitoringSettings
-    from keys.models import VirtualKey
-    from routing.models import RequestLog
+    from healthcheck.models import HealthTarget
 
     from .test_health_monitor import make_provider, make_route
 
     provider = make_provider(f"http://127.0.0.1:{upstream_port}/v1", name="flaky-upstream", timeout_s=2)
     route = make_route(provider, name="flaky-model", max_attempts=1)
     target = HealthTarget.objects.create(name="flaky-model", route=route, interval_s=INTERVAL_S, timeout_s=3)
-    monitoring = MonitoringSettings.load()
-    monitoring.enabled = True
-    monitoring.save()
     yield target
-    key_id = monitoring.monitoring_key_id
-    MonitoringSettings.objects.filter(pk=1).delete()
-    RequestLog.objects.filter(virtual_key_id=key_id).delete()
-    VirtualKey.objects.filter(pk=key_id).delete()
     route.delete()
     provider.delete()
 

@@ -11,12 +11,10 @@ from django.utils import timezone
 
 from healthcheck import recovery, routing_state
 from healthcheck.dispatch import claim_due_targets
-from healthcheck.models import HealthRun, HealthTarget, MonitoringSettings
+from healthcheck.models import HealthRun, HealthTarget
 from healthcheck.tasks import probe_open_target, probe_target
-from keys.models import VirtualKey
 from providers.mock_upstream import MockUpstreamThread
 from routing import attempts, resilience
-from routing.models import RequestLog
 
 from .conftest import free_port, wait_for_model
 from .factories import make_key, make_provider, make_route
@@ -32,15 +30,9 @@ def logged(monkeypatch):
 
 
 @pytest.fixture
-def monitoring(db_access, logged):
-    settings_row = MonitoringSettings.load()
-    settings_row.enabled = True
-    settings_row.save()
-    yield settings_row
-    key_id = settings_row.monitoring_key_id
-    MonitoringSettings.objects.filter(pk=1).delete()
-    RequestLog.objects.filter(virtual_key_id=key_id).delete()
-    VirtualKey.objects.filter(pk=key_id).delete()
+def monitoring(logged, monitoring_on):
+    """Monitoring on, the request-log entries of its in-process probes captured."""
+    return monitoring_on
 
 
 @pytest.fixture

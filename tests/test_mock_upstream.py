@@ -18,17 +18,9 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be n
                                              {"role": "user", "content": "ping pong"}]}
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
-
-
 @pytest.fixture
-def client(mock):
-    mock.clear()
-    with httpx.Client(base_url=mock.base_url, headers=AUTH, timeout=5) as c:
-        yield c
+def client(mock_http):
+    return mock_http(AUTH)
 
 
 def sse_data(lines):

@@ -21,17 +21,9 @@ def make_message_request(text="ping pong", **overrides):
             **overrides}
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
-
-
 @pytest.fixture
-def client(mock):
-    mock.clear()
-    with httpx.Client(base_url=mock.origin, headers=HEADERS, timeout=10) as c:
-        yield c
+def client(mock_http):
+    return mock_http(HEADERS, path="")
 
 
 @pytest.fixture

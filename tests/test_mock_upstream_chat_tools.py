@@ -6,19 +6,12 @@ import httpx
 import openai
 import pytest
 
-from providers.mock_upstream import MockUpstreamThread
 
 KEY = "sk-test-chat-0123456789"
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
     "required": ["city", "unit"]}}}
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
-
-
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
 
 
 @pytest.fixture

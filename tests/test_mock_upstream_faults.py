@@ -7,23 +7,14 @@ import time
 import httpx
 import pytest
 
-from providers.mock_upstream import MockUpstreamThread
 
 AUTH = {"Authorization": "Bearer sk-test-1234567890abcdef"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping pong"}]}
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
-
-
 @pytest.fixture
-def client(mock):
-    mock.clear()
-    with httpx.Client(base_url=mock.base_url, headers=AUTH, timeout=10) as c:
-        yield c
+def client(mock_http):
+    return mock_http(AUTH)
 
 
 def chat(client, **fault):

@@ -17,17 +17,9 @@ def make_gemini_request(text="ping pong", **overrides):
     return {"contents": [{"role": "user", "parts": [{"text": text}]}], **overrides}
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
-
-
 @pytest.fixture
-def client(mock):
-    mock.clear()
-    with httpx.Client(base_url=mock.origin + "/v1beta", headers={"x-goog-api-key": KEY}, timeout=10) as c:
-        yield c
+def client(mock_http):
+    return mock_http({"x-goog-api-key": KEY}, path="/v1beta")
 
 
 def generate(client, body, model="gemini-2.5-flash"):

@@ -2,11 +2,9 @@
 
 import json
 
-import httpx
 import openai
 import pytest
 
-from providers.mock_upstream import MockUpstreamThread
 
 KEY = "sk-test-responses-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -20,17 +18,9 @@ def make_response_request(text="ping pong", **overrides):
     return {"model": "gpt-4o-mini", "input": text, **overrides}
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
-
-
 @pytest.fixture
-def client(mock):
-    mock.clear()
-    with httpx.Client(base_url=mock.base_url, headers=AUTH, timeout=10) as c:
-        yield c
+def client(mock_http):
+    return mock_http(AUTH)
 
 
 @pytest.fixture

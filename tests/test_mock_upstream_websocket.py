@@ -6,18 +6,11 @@ import json
 import aiohttp
 import pytest
 
-from providers.mock_upstream import MockUpstreamThread
 
 KEY = "sk-test-ws-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "responses_websockets=2026-02-06"}
 WEATHER_TOOL = {"type": "function", "name": "get_weather",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture(scope="module")
-def mock():
-    with MockUpstreamThread() as server:
-        yield server
 
 
 def make_create(text="ping pong", **overrides):

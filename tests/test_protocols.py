@@ -11,9 +11,8 @@ import pytest
 
 from providers.wire.seals import unseal
 
-from .clients import official_sdks
-from .conftest import wait_for_model
-from .factories import make_key, make_provider, make_route
+from .clients import key_for_routes, official_sdks
+from .factories import make_provider, make_route
 
 UPSTREAMS = ("openai", "anthropic", "gemini", "azure_openai")
 CLIENTS = ("chat", "messages", "responses")
@@ -29,15 +28,11 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
     base_urls = {"openai": mock_upstream.base_url, "anthropic": mock_upstream.base_url,
                  "gemini": root + "/v1beta", "azure_openai": root + "/openai"}
     with django_db_blocker.unblock():
-        names, routes = {}, []
+        routes = {}
         for kind in UPSTREAMS:
             provider = make_provider(base_urls[kind], type=kind)
-            routes.append(make_route((provider, "mock-model"), max_attempts=1))
-            names[kind] = routes[-1].name
-        _, secret = make_key(routes=routes)  # these models only: other tests' upstreams stay out of reach
-    for name in names.values():
-        wait_for_model(gateway, name, key=secret)
-    return names, secret
+            routes[kind] = make_route((provider, "mock-model"), max_attempts=1)
+        return key_for_routes(gateway, routes)
 
 
 @pytest.fixture(scope="module")
@@ -239,22 +234,17 @@ def reasoning_routes(django_db_setup, django_db_blocker, mock_upstream, gateway)
                  "responses": mock_upstream.base_url, "openai-lenient": mock_upstream.base_url,
                  "anthropic-lenient": mock_upstream.base_url, "responses-lenient": mock_upstream.base_url}
     with django_db_blocker.unblock():
-        names, routes = {}, []
+        routes = {}
         for kind, url in base_urls.items():
             # *-lenient: a reasoning upstream that accepts a turn without its earlier reasoning
             lenient = kind.endswith("-lenient")
             kind = kind.removesuffix("-lenient")
             kind_fields = {"type": "openai", "native_responses": True} if kind == "responses" else {"type": kind}
             provider = make_provider(url, fault={"reasoning": True} if lenient else THINKS, **kind_fields)
-            routes.append(make_route((provider, REASONER), max_attempts=1))
-            names[kind + ("-lenient" if lenient else "")] = routes[-1].name
+            routes[kind + ("-lenient" if lenient else "")] = make_route((provider, REASONER), max_attempts=1)
             if lenient and kind in ("anthropic", "responses"):  # the same provider, another model
-                routes.append(make_route((provider, OTHER_REASONER), max_attempts=1))
-                names[f"{kind}-other-model"] = routes[-1].name
-        _, secret = make_key(routes=routes)
-    for name in names.values():
-        wait_for_model(gateway, name, key=secret)
-    return names, secret
+                routes[f"{kind}-other-model"] = make_route((provider, OTHER_REASONER), max_attempts=1)
+        return key_for_routes(gateway, routes)
 
 
 @pytest.fixture(scope="module")

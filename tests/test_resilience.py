@@ -261,6 +261,44 @@ def test_a_probe_a_session_binding_or_a_failure_never_folds():
     assert resilience.fold_successes(calls) == calls
 
 
+def test_reports_ending_within_one_batch_window_go_in_one_round_trip_with_successes_folded_and_failures_not(
+        settings, admission_round_trips):
+    from routing import admission
+
+    settings.GATEWAY_REPORT_BATCH_S = 0.05
+    route, steady, failing = new_id(), new_id(), new_id()
+    policy = make_policy(failures=2, latency_alpha=0.5)
+
+    def success(ms):
+        return resilience.prepare_report(route, steady, None, outcome="ok", latency_ms=ms, policy=policy)
+
+    failures = [resilience.prepare_report(route, failing, None, outcome="failed", policy=policy) for _ in range(2)]
+
+    async def work(r):
+        loop = asyncio.get_running_loop()
+        sent = [loop.create_future() for _ in range(4)]
+        # Four requests end within one window: three successes of one target, two failures of another.
+        admission.send_later(r, [success(100)], sent[0])
+        admission.send_later(r, [success(200), failures[0]], sent[1])
+        admission.send_later(r, [success(300)], sent[2])
+        admission.send_later(r, [failures[1]], sent[3])
+        await asyncio.gather(*sent)
+        after_one_window = await read_state(route, [steady, failing], policy=policy, redis=r)
+        later = loop.create_future()
+        admission.send_later(r, [success(100)], later)  # the next window: a round trip of its own
+        await later
+        return after_one_window
+
+    state = run(work)
+
+    first, second = admission_round_trips
+    assert len(first) == 3 and failures[0] in first and failures[1] in first  # 3 successes folded into 1
+    assert len(second) == 1
+    # Both failures counted: two of them open the circuit (folded into one, they would not).
+    assert state.circuits[failing] == "open"
+    assert state.latency_ms == {steady: 200.0}  # the folded report carries their mean
+
+
 def test_retries_are_at_most_a_share_of_the_route_s_requests():
     route, target = new_id(), new_id()
     policy = make_policy(retry_ratio=0.2, retry_min=1)

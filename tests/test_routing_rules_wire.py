@@ -3,9 +3,8 @@ SDKs, to an upstream of the same protocol (sent as is but for the rules) and of 
 (translated after the rules); the mock upstream shows what the upstream received."""
 import pytest
 
-from .clients import official_sdks
-from .conftest import wait_for_model
-from .factories import make_key, make_provider, make_route
+from .clients import key_for_routes, official_sdks
+from .factories import make_provider, make_route
 
 BILLING = "x-anthropic-billing-header: cc_version=2.1.38.713; cc_entrypoint=cli; cch=90d92;"
 UPSTREAMS = ("openai", "anthropic")
@@ -16,7 +15,7 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
     from routing.models import PromptRule
 
     with django_db_blocker.unblock():
-        names, routes = {}, []
+        routes = {}
         for kind in UPSTREAMS:
             for native_responses in (False, True) if kind == "openai" else (False,):
                 provider = make_provider(mock_upstream.base_url, type=kind, native_responses=native_responses)
@@ -26,12 +25,8 @@ def routes(django_db_setup, django_db_blocker, mock_upstream, gateway):
                                                            ("system_append", "GATEWAY-SYSTEM"),
                                                            ("user_template", "{{user_prompt}} [GATEWAY-USER]")]):
                     PromptRule.objects.create(route=route, operation=operation, text=text, order=order)
-                routes.append(route)
-                names[kind + ("-responses" if native_responses else "")] = route.name
-        _, secret = make_key(routes=routes)
-    for name in names.values():
-        wait_for_model(gateway, name, key=secret)
-    return names, secret
+                routes[kind + ("-responses" if native_responses else "")] = route
+        return key_for_routes(gateway, routes)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from keys.models import VirtualKey
 from keys.secrets import hash_key
 from providers.models import CatalogEntry, Provider, ProviderKey
 from routing.models import PromptRule, Route, RouteTarget
+from routing.signals import CONFIG_MODELS
 from routing.snapshot import bump_config_version
 
 from .references import check_references
@@ -21,6 +22,13 @@ class ApplySummary:
 
     changes: list[str] = field(default_factory=list)
     new_keys: dict[str, str] = field(default_factory=dict)
+    # Something the route snapshot holds changed (CONFIG_MODELS): gateways must rebuild it. Virtual
+    # keys and monitoring are not in it (keys are looked up on demand, keys/lookup.py).
+    snapshot_changed: bool = False
+
+    def record(self, obj, line: str) -> None:
+        self.changes.append(line)
+        self.snapshot_changed = self.snapshot_changed or isinstance(obj, CONFIG_MODELS)
 
 
 def apply_config(data: dict, dry_run: bool = False) -> ApplySummary:
@@ -42,7 +50,7 @@ def apply_config(data: dict, dry_run: bool = False) -> ApplySummary:
                 transaction.set_rollback(True)
     except IntegrityError as exc:
         raise ConfigError([f"(database): the change was refused: {exc}"]) from None
-    if not dry_run:
+    if summary.snapshot_changed and not dry_run:
         bump_config_version()
     return summary
 
@@ -68,7 +76,7 @@ def _save(obj, values: dict, describe: str, summary: ApplySummary, changed=()) -
         setattr(obj, name, value)
     obj.save()
     shown = ", ".join(name.removesuffix("_id") for name in changed)
-    summary.changes.append(f"created {describe}" if created else f"updated {describe} ({shown})")
+    summary.record(obj, f"created {describe}" if created else f"updated {describe} ({shown})")
 
 
 def _pair(existing: list, existing_ids: list, wanted_ids: list) -> tuple[list, list]:
@@ -87,7 +95,7 @@ def _pair(existing: list, existing_ids: list, wanted_ids: list) -> tuple[list, l
 
 def _delete(objects, describe: Callable, summary):
     for obj in objects:
-        summary.changes.append(f"deleted {describe(obj)}")
+        summary.record(obj, f"deleted {describe(obj)}")
         obj.delete()
 
 
