@@ -98,6 +98,9 @@ Part = Text | Image | File | Thinking | ToolCall | ToolResult
 class Message:
     role: Role
     parts: list[Part] = field(default_factory=list)
+    # Where in the client's request this turn began (`messages.3`, `input[5]`): what a dropped
+    # field's diagnostic names, so it points into the body the client sent. Not content: not compared.
+    source: str | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -74,7 +74,7 @@ def test_a_gemini_request_becomes_an_anthropic_request():
     }
     assert dict(diagnostics) == {
         "tools[1]": "built-in tool googleSearch has no equivalent",
-        "messages.1.thinking": "reasoning sealed by a gemini provider is only valid there",
+        "contents[1].thinking": "reasoning sealed by a gemini provider is only valid there",
         "reasoning": "Anthropic cannot think while a tool use is forced",
         "generationConfig": "no equivalent in anthropic_messages",
     }

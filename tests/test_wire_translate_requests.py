@@ -107,9 +107,9 @@ def test_an_anthropic_request_becomes_a_chat_request_with_tool_results_as_tool_m
     }
     assert dict(diagnostics) == {
         "cache_control": "prompt caching marks are Anthropic's own",
-        "messages[1].reasoning": "signed or encrypted reasoning has no equivalent",
-        "messages[2].is_error": "chat tool messages carry no error flag",
-        "messages[2].content": "images in tool results are sent in a following user message",
+        "messages.1.reasoning": "signed or encrypted reasoning has no equivalent",
+        "messages.2.is_error": "chat tool messages carry no error flag",
+        "messages.2.content": "images in tool results are sent in a following user message",
         "top_k": "no equivalent in openai_chat",
     }
 
@@ -133,7 +133,7 @@ def test_unsigned_reasoning_is_dropped_for_anthropic_with_a_diagnostic():
                                        {"role": "user", "content": "q2"}])
     body, diagnostics = translate_request(chat, "openai_chat", "anthropic_messages", "claude-x")
     assert body["messages"][1] == {"role": "assistant", "content": "a"}
-    assert diagnostics == [("messages.1.thinking", "Anthropic accepts only reasoning it signed")]
+    assert diagnostics == [("messages[1].thinking", "Anthropic accepts only reasoning it signed")]
 
 
 def test_structured_output_schema_carries_across():

@@ -61,7 +61,7 @@ def test_a_responses_request_becomes_a_chat_request():
     }
     assert dict(diagnostics) == {
         "tools[1]": "built-in tool 'web_search' has no equivalent",
-        "messages[2].reasoning": "signed or encrypted reasoning has no equivalent",
+        "input[2].reasoning": "signed or encrypted reasoning has no equivalent",
         "store": "no equivalent in openai_chat",
         "include": "no equivalent in openai_chat",
     }
@@ -75,7 +75,7 @@ def test_a_responses_request_becomes_an_anthropic_request():
     assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     # OpenAI's reasoning cannot go to Claude, and Claude will not think on in a tool loop without its own
     assert "thinking" not in body
-    assert ("messages.2.thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
+    assert ("input[2].thinking", "reasoning sealed by a openai_responses provider is only valid there") in diagnostics
 
 
 def test_responses_reasoning_effort_becomes_a_thinking_budget_below_max_output_tokens():

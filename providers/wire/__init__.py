@@ -122,6 +122,14 @@ def read_safely(read, payload) -> list:
         return [_hub().Error("invalid_response", "The upstream sent an event the gateway cannot read.")]
 
 
+def came_from(messages: list, start: int, where: str) -> None:
+    """Note `where` (a client's path) as the source of the hub turns read from it, from
+    index `start` on (a turn that merely grew keeps the source it began with)."""
+    for message in messages[start:]:
+        if message.source is None:
+            message.source = where
+
+
 def user_turn_runs(parts: list) -> list:
     """A user turn of a format that puts tool results and new input together (Anthropic,
     Gemini), as the hub keeps it: runs of TOOL and USER messages, in their order."""

@@ -8,7 +8,7 @@ from json.encoder import encode_basestring_ascii
 from .. import hub
 from ..sse import EventSplitter, named_event
 from . import (
-    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments,
+    EventReader, InvalidField, came_from, custom_as_function, error_message, load_json, parse_arguments,
     require_bool, require_model, require_positive_int, user_turn_runs,
 )
 from .openai_chat import object_schema
@@ -81,7 +81,9 @@ def read_request(body) -> hub.Request:
     req = hub.Request(model=body.get("model") or "", format=FORMAT)
     req.system = _read_system(body.get("system"), req)
     for i, message in enumerate(body["messages"]):
+        start = len(req.messages)
         req.messages += _read_message(message, f"messages.{i}", req)
+        came_from(req.messages, start, f"messages.{i}")
     for i, tool in enumerate(body.get("tools") or []):
         if tool.get("type") not in (None, "custom"):
             req.drop(f"tools.{i}", f"built-in tool {tool.get('type')!r} has no equivalent")
@@ -324,9 +326,10 @@ def _write_messages(req: hub.Request, model: str) -> list[dict]:
         if message.role in (hub.Role.SYSTEM, hub.Role.DEVELOPER):
             continue
         role = "assistant" if message.role == hub.Role.ASSISTANT else "user"
-        blocks = [b for b in (_write_part(p, f"messages.{i}", req, model) for p in message.parts) if b]
+        where = message.source or f"messages.{i}"
+        blocks = [b for b in (_write_part(p, where, req, model) for p in message.parts) if b]
         if not blocks:
-            req.drop(f"messages.{i}", "a turn with nothing Anthropic can carry")
+            req.drop(where, "a turn with nothing Anthropic can carry")
             continue
         # tool results share a user turn with the input around them (Anthropic wants them there)
         joins = out and out[-1]["role"] == role == "user" and hub.Role.TOOL in (message.role, previous_role)

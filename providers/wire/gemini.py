@@ -9,7 +9,7 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter, data_event
 from . import (
-    EventReader, InvalidField, custom_as_function, error_message, load_json, parse_arguments,
+    EventReader, InvalidField, came_from, custom_as_function, error_message, load_json, parse_arguments,
     require_positive_int, user_turn_runs,
 )
 from .openai_chat import object_schema
@@ -92,7 +92,9 @@ def read_request(body) -> hub.Request:
     req.system = [hub.Text(p.get("text", "")) for p in system.get("parts") or [] if "text" in p]
     ids = _CallIds()
     for i, content in enumerate(body["contents"]):
+        start = len(req.messages)
         req.messages += _read_content(content, f"contents[{i}]", ids)
+        came_from(req.messages, start, f"contents[{i}]")
     for i, tool in enumerate(body.get("tools") or []):
         declarations = tool.get("functionDeclarations") or tool.get("function_declarations")
         if declarations is None:
@@ -348,9 +350,10 @@ def _write_contents(req: hub.Request, model: str) -> list[dict]:
         if message.role in (hub.Role.SYSTEM, hub.Role.DEVELOPER):
             continue
         role = "model" if message.role == hub.Role.ASSISTANT else "user"
-        parts = _write_parts(message.parts, f"contents[{i}]", req, model, names)
+        where = message.source or f"contents[{i}]"
+        parts = _write_parts(message.parts, where, req, model, names)
         if not parts:
-            req.drop(f"contents[{i}]", "a turn with nothing Gemini can carry")
+            req.drop(where, "a turn with nothing Gemini can carry")
             continue
         if out and out[-1]["role"] == role == "user" and hub.Role.TOOL in (message.role, previous_role):
             out[-1]["parts"] += parts  # function responses share the user turn around them

@@ -7,7 +7,7 @@ from .. import hub
 from ..adapters.base import Usage, as_int
 from ..sse import EventSplitter, data_event, event_data, split_events
 from . import (
-    EventReader, InvalidField, dumps, error_message, load_json, require_bool, require_model,
+    EventReader, InvalidField, came_from, dumps, error_message, load_json, require_bool, require_model,
     require_positive_int,
 )
 
@@ -76,6 +76,7 @@ def read_request(body) -> hub.Request:
     req = hub.Request(model=body.get("model") or "", format=FORMAT)
     for i, message in enumerate(body["messages"]):
         req.messages.append(_read_message(message, f"messages[{i}]", req))
+        came_from(req.messages, i, f"messages[{i}]")
     for i, tool in enumerate(body.get("tools") or []):
         req.tools.append(_read_tool(tool, f"tools[{i}]"))
     req.tool_choice = _read_tool_choice(body.get("tool_choice"), req)
@@ -188,7 +189,7 @@ def write_request(req: hub.Request, model: str) -> dict:
     if req.system:
         messages.append({"role": "system", "content": _content_value(req.system)})
     for i, message in enumerate(req.messages):
-        messages.extend(_write_message(message, f"messages[{i}]", req))
+        messages.extend(_write_message(message, message.source or f"messages[{i}]", req))
     if req.tools:
         body["tools"] = [_write_tool(tool) for tool in req.tools]
     if req.tool_choice:

@@ -5,7 +5,7 @@ import uuid
 from .. import hub
 from ..sse import EventSplitter
 from . import (
-    EventReader, InvalidField, dumps, error_message, load_json, require_bool, require_model,
+    EventReader, InvalidField, came_from, dumps, error_message, load_json, require_bool, require_model,
     require_positive_int,
 )
 from .openai_chat import error_body, object_schema
@@ -66,7 +66,9 @@ def read_request(body) -> hub.Request:
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
     for i, item in enumerate(items):
+        start = len(req.messages)
         _read_item(item, f"input[{i}]", req)
+        came_from(req.messages, start, f"input[{i}]")
     for i, tool in enumerate(body.get("tools") or []):
         kind = tool.get("type")
         if kind == "function":
@@ -230,7 +232,7 @@ def _write_items(req: hub.Request, model: str) -> list[dict]:
     items: list[dict] = []
     kinds: dict[str, str] = {}  # call id -> tool kind, for the matching output item
     for i, message in enumerate(req.messages):
-        where = f"input[{i}]"
+        where = message.source or f"input[{i}]"
         if message.role == hub.Role.TOOL:
             items += [_write_result(p, kinds, where, req) for p in message.parts if isinstance(p, hub.ToolResult)]
         elif message.role == hub.Role.ASSISTANT:
