@@ -152,7 +152,9 @@ class Gateway:
 
     def start(self) -> "Gateway":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port),
+            # The backlog `manage.py serve` listens with (Twisted's default of 50 overflows when a
+            # test opens hundreds of connections at once on a loaded machine: the client sees resets).
+            [sys.executable, "-m", "daphne", "-v", "0", "-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=1024",
              "llmgateway.asgi:application"],
             cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
