@@ -46,20 +46,21 @@ def purge_expired_rows(*, now: datetime | None = None, batch: int = PURGE_BATCH)
 
 
 def expired_request_logs(now: datetime, days: int) -> QuerySet:
-    """Request-log rows older than `days` that no budgeted key's current period needs (none for 0)."""
+    """Request-log rows older than `days` that no budgeted key's current period needs, oldest
+    first (none for 0)."""
     if days <= 0:
         return RequestLog.objects.none()
     cutoff = now - timedelta(days=days)
-    rows = RequestLog.objects.filter(created_at__lt=cutoff)
+    rows = RequestLog.objects.filter(created_at__lt=cutoff).order_by("created_at", "pk")
     needed = needed_by_budgets(now, cutoff)
     return rows.exclude(needed) if needed is not None else rows
 
 
 def expired_refused_traffic(now: datetime, days: int) -> QuerySet:
-    """Refused-traffic rows whose minute is older than `days` (none for 0)."""
+    """Refused-traffic rows whose minute is older than `days`, oldest first (none for 0)."""
     if days <= 0:
         return RefusedTraffic.objects.none()
-    return RefusedTraffic.objects.filter(minute__lt=now - timedelta(days=days))
+    return RefusedTraffic.objects.filter(minute__lt=now - timedelta(days=days)).order_by("minute", "pk")
 
 
 def needed_by_budgets(now: datetime, cutoff: datetime) -> Q | None:
@@ -69,7 +70,7 @@ def needed_by_budgets(now: datetime, cutoff: datetime) -> Q | None:
     needed = None
     budgeted = VirtualKey.objects.filter(budget_usd__isnull=False)
     periods = budgeted.order_by().values_list("budget_period", flat=True).distinct()
-    for period in sorted(set(periods)):
+    for period in sorted(periods):
         _ident, start, _reset = budget_period(period, now.timestamp())
         keys = budgeted.filter(budget_period=period).values("pk")
         if start is None:  # "total": the period began with the key
@@ -87,13 +88,12 @@ def _either(first: Q | None, second: Q) -> Q:
 
 
 def delete_in_batches(rows: QuerySet, batch: int = PURGE_BATCH) -> int:
-    """Delete `rows`, oldest first, at most `batch` ids per DELETE, until none is left; the count.
-    Autocommit makes each DELETE a transaction of its own."""
+    """Delete `rows`, in their order, at most `batch` ids per DELETE, until none is left; the
+    count. Autocommit makes each DELETE a transaction of its own."""
     model = rows.model
-    date_field = "created_at" if model is RequestLog else "minute"
     deleted = 0
     while True:
-        ids = list(rows.order_by(date_field, "pk").values_list("pk", flat=True)[:batch])
+        ids = list(rows.values_list("pk", flat=True)[:batch])
         if not ids:
             return deleted
         deleted += model.objects.filter(pk__in=ids).delete()[0]
