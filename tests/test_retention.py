@@ -117,6 +117,22 @@ def test_batches_loop_until_every_expired_row_is_gone(retention_days):
 
 
 @pytest.mark.django_db
+def test_a_big_backlog_goes_5000_ids_a_statement(retention_days):
+    retention_days(logs=1)
+    old = NOW - timedelta(days=2)
+    RequestLog.objects.bulk_create(
+        [RequestLog(request_id=f"req_backlog_{i}", created_at=old, endpoint="chat", status=200) for i in range(5001)],
+        batch_size=500)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert retention.purge_expired_rows(now=NOW)["request_logs"] == 5001
+
+    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    assert [sql.count(",") + 1 for sql in deletes] == [retention.PURGE_BATCH, 1]
+    assert not RequestLog.objects.exists()
+
+
+@pytest.mark.django_db
 def test_rows_a_current_budget_period_needs_stay_past_the_retention(retention_days):
     retention_days(logs=7)  # cutoff: the 13th
     monthly, _ = make_key(budget_usd=Decimal("10"), budget_period="monthly")
@@ -167,8 +183,10 @@ def test_the_beat_task_purges_with_the_settings_in_force(retention_days):
     kept = make_request_log(days_ago=1, now=now)
     make_refused_traffic(days_ago=3, now=now)
 
-    assert app.conf.beat_schedule["purge-expired-traffic"] == {
-        "task": purge_expired_traffic.name, "schedule": 3600.0}
+    app.loader.import_default_modules()  # the worker's autodiscovery: beat's task name must exist there
+    scheduled = app.conf.beat_schedule["purge-expired-traffic"]
+    assert scheduled == {"task": "routing.tasks.purge_expired_traffic", "schedule": 3600.0}
+    assert app.tasks[scheduled["task"]].name == purge_expired_traffic.name
     assert purge_expired_traffic() == {"request_logs": 1, "refused_traffic": 1}
     assert surviving_logs() == {kept.request_id}
 
