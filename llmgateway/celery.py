@@ -19,6 +19,12 @@ app.conf.beat_schedule = {
         "task": "healthcheck.tasks.purge_old_health_data",
         "schedule": float(os.environ.get("HEALTH_PURGE_EVERY_S", "3600")),
     },
+    # Request-log and refused-traffic rows past their retention (routing/retention.py); the
+    # admin's note says "every hour", so this is not a setting.
+    "purge-expired-traffic": {
+        "task": "routing.tasks.purge_expired_traffic",
+        "schedule": 3600.0,
+    },
     # Budget spend counted in Redis, copied to KeySpend rows (and rebuilt if Redis lost it).
     "persist-key-spend": {
         "task": "keys.tasks.persist_key_spend",

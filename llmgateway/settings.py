@@ -4,6 +4,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.templatetags.static import static
 from django.urls import reverse_lazy
 from django.utils.translation import gettext_lazy as _
@@ -35,6 +36,14 @@ def _generated_secret(name, make):
     except FileExistsError:
         pass
     return path.read_text().strip()
+
+
+def _retention_days(name, default):
+    """A whole number of days from the environment, 0 meaning keep forever; anything else stops startup."""
+    raw = env.str(name, default=str(default)).strip()
+    if not (raw.isascii() and raw.isdigit()):
+        raise ImproperlyConfigured(f"{name} must be a whole number of days, 0 to keep rows forever; got {raw!r}.")
+    return int(raw)
 
 
 def _fernet_key():
@@ -199,6 +208,11 @@ GATEWAY_KEY_NEGATIVE_TTL_S = env.float("GATEWAY_KEY_NEGATIVE_TTL_S", default=30.
 GATEWAY_LOG_FLUSH_S = env.float("GATEWAY_LOG_FLUSH_S", default=0.5)
 GATEWAY_LOG_QUEUE_MAX = env.int("GATEWAY_LOG_QUEUE_MAX", default=100_000)
 GATEWAY_LOG_BODY_MAX_CHARS = env.int("GATEWAY_LOG_BODY_MAX_CHARS", default=16_384)
+# Retention (routing/retention.py, an hourly beat task): request-log rows older than this many
+# days are deleted, except those a budgeted key's current budget period still needs (its spend
+# is rebuilt from them); refused-traffic rows by their minute. 0 keeps rows forever.
+GATEWAY_LOG_RETENTION_DAYS = _retention_days("GATEWAY_LOG_RETENTION_DAYS", 0)
+GATEWAY_REFUSED_TRAFFIC_RETENTION_DAYS = _retention_days("GATEWAY_REFUSED_TRAFFIC_RETENTION_DAYS", 30)
 # A client IP with this many failed authentications within GATEWAY_AUTH_FAILURE_WINDOW_S
 # is answered 429 for GATEWAY_AUTH_BLOCK_S, whatever key it sends (0: never).
 GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)

@@ -28,6 +28,7 @@ from providers.adapters import ADAPTERS
 from providers.catalog import is_known_model, known_models
 from providers.models import Provider
 
+from . import retention
 from .models import PromptRule, RefusedTraffic, RequestLog, Route, RouteTarget
 from .preview import LOGGED_PROTOCOLS, PROTOCOLS, Upstream, preview_rules
 from .snapshot import RuleEntry
@@ -375,6 +376,11 @@ class RequestLogAdmin(ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["virtual_key"]
     show_full_result_count = False  # counting a large log on every page view is slow
+    list_before_template = "admin/routing/_retention_note.html"
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "retention_note": retention.log_retention_note()}
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description=_("key"))
     def key_name(self, obj):
@@ -421,6 +427,11 @@ class RefusedTrafficAdmin(ModelAdmin):
     search_fields = ["client_ip"]
     date_hierarchy = "minute"
     show_full_result_count = False
+    list_before_template = "admin/routing/_retention_note.html"
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "retention_note": retention.refused_traffic_retention_note()}
+        return super().changelist_view(request, extra_context)
 
     def has_add_permission(self, request):
         return False
