@@ -282,6 +282,15 @@ def last_upstream_body(mock_upstream):
     return mock_upstream.requests[-1]["json"]
 
 
+def answered_tool_turn(prompt: list, first) -> list:
+    """The conversation after a Messages answer that called tools: its turn as the client got it,
+    then a result for each call ("sunny-0", "sunny-1", ...)."""
+    calls = [b for b in first.content if b.type == "tool_use"]
+    return prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": f"sunny-{i}"}
+                                                  for i, c in enumerate(calls)]}]
+
+
 def signed(seals: list[str], client: str) -> list[str]:
     """The signatures behind a client's seals (unsigned reasoning is sealed empty: left out)."""
     return [bare for bare in (unseal(value, client)[0] for value in seals) if bare]
@@ -317,9 +326,7 @@ def test_an_anthropic_client_keeps_reasoning_across_a_tool_turn(reasoning_sdk, r
         assert signatures, "signed reasoning reaches the client with its signature"
     turn1_upstream = last_upstream_body(mock_upstream)
 
-    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id,
-                                                      "content": f"sunny-{i}"} for i, c in enumerate(calls)]}]
+    history = answered_tool_turn(prompt, first)
     _, second = thinking_turn(client, model, history, stream)
 
     # The upstream would have answered 400 without its reasoning: the tool result made it through.
@@ -375,10 +382,7 @@ def test_signed_reasoning_from_another_upstream_is_dropped_with_a_diagnostic(rea
     _, first = thinking_turn(client, names["gemini"], prompt, stream=False)
     signatures = [b.signature for b in first.content if b.type == "thinking" and b.signature]
     assert signatures
-    calls = [b for b in first.content if b.type == "tool_use"]
-    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
-                                                     for c in calls]}]
+    history = answered_tool_turn(prompt, first)
 
     # The conversation moves to another upstream model: Gemini's signed thought is not valid there.
     request_id, second = thinking_turn(client, names[other], history, stream=False)
@@ -391,59 +395,38 @@ def test_signed_reasoning_from_another_upstream_is_dropped_with_a_diagnostic(rea
     assert "reasoning" in row.diagnostics, row.diagnostics
 
 
+# (first route, the seal its reasoning reaches the client with, the route of the next turn, why it is dropped)
+ANTHROPIC_MOVES = {
+    "to-another-model": ("anthropic", f"anthropic_messages@{REASONER}:", "anthropic-other-model",
+                         f"signed reasoning from {REASONER} is not valid for {OTHER_REASONER}"),
+    "unsigned-chat-reasoning": ("openai", f"openai_chat@{REASONER}:", "anthropic-lenient",
+                                "Anthropic accepts only reasoning it signed"),
+}
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_signed_thinking_goes_back_only_to_the_anthropic_model_that_made_it(reasoning_sdk, reasoning_routes,
-                                                                           mock_upstream, db_access, stream):
+@pytest.mark.parametrize("move", ANTHROPIC_MOVES)
+def test_anthropic_gets_back_only_thinking_it_signed_for_that_model(reasoning_sdk, reasoning_routes, mock_upstream,
+                                                                   db_access, move, stream):
     from .conftest import wait_for_log
 
+    first_route, seal_prefix, next_route, reason = ANTHROPIC_MOVES[move]
     names, _ = reasoning_routes
     client = reasoning_sdk["anthropic"]
     prompt = [{"role": "user", "content": "weather in Paris"}]
-    _, first = thinking_turn(client, names["anthropic"], prompt, stream)  # Anthropic to Anthropic, as received
+    _, first = thinking_turn(client, names[first_route], prompt, stream)
     signatures = [b.signature for b in first.content if b.type == "thinking"]
-    assert signatures and all(sig.startswith(f"anthropic_messages@{REASONER}:") for sig in signatures)
-    calls = [b for b in first.content if b.type == "tool_use"]
-    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
-                                                     for c in calls]}]
+    assert signatures and all(sig.startswith(seal_prefix) for sig in signatures)
 
-    # The same conversation on another model of the same provider (a failover does the same).
-    request_id, second = thinking_turn(client, names["anthropic-other-model"], history, stream)
-
-    assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
-    sent = last_upstream_body(mock_upstream)
-    assert sent["model"] == OTHER_REASONER
-    assert not any(b.get("type") == "thinking" for m in sent["messages"] for b in m["content"]
-                   if isinstance(m["content"], list)), sent
-    assert "thinking" not in sent  # Anthropic refuses thinking that continues a tool turn without its own
-    row = wait_for_log(request_id)
-    assert f"signed reasoning from {REASONER} is not valid for {OTHER_REASONER}" in row.diagnostics
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_unsigned_thinking_from_a_chat_upstream_never_reaches_anthropic_as_its_own(reasoning_sdk, reasoning_routes,
-                                                                                  mock_upstream, db_access, stream):
-    from .conftest import wait_for_log
-
-    names, _ = reasoning_routes
-    client = reasoning_sdk["anthropic"]
-    prompt = [{"role": "user", "content": "weather in Paris"}]
-    _, first = thinking_turn(client, names["openai"], prompt, stream)  # reasoning_content, unsigned
-    thinking = [b for b in first.content if b.type == "thinking"]
-    assert thinking and all(b.signature == f"openai_chat@{REASONER}:" for b in thinking)
-    calls = [b for b in first.content if b.type == "tool_use"]
-    history = prompt + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": c.id, "content": "sunny"}
-                                                     for c in calls]}]
-
-    # A failover to Anthropic: a thinking block it did not sign would be refused (invalid signature).
-    request_id, second = thinking_turn(client, names["anthropic-lenient"], history, stream)
+    # The same conversation moves on (as a failover or an edited route would move it).
+    request_id, second = thinking_turn(client, names[next_route], answered_tool_turn(prompt, first), stream)
 
     assert "sunny" in "".join(b.text for b in second.content if b.type == "text")
     sent = last_upstream_body(mock_upstream)
     assert not any(b.get("type") == "thinking" for m in sent["messages"] if isinstance(m["content"], list)
                    for b in m["content"]), sent
-    assert "Anthropic accepts only reasoning it signed" in wait_for_log(request_id).diagnostics
+    assert "thinking" not in sent  # Anthropic refuses thinking that continues a tool turn without its own
+    assert reason in wait_for_log(request_id).diagnostics
 
 
 @pytest.mark.parametrize("first_upstream", ["responses", "openai"])  # (chat: unsigned reasoning, sealed empty)
