@@ -94,7 +94,10 @@ def test_a_native_stream_seals_signature_deltas_and_passes_everything_else_as_re
 
 def test_a_native_responses_stream_seals_encrypted_reasoning_in_items_and_the_completed_response():
     item = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB"}
+    added = {"type": "response.output_item.added", "output_index": 0,
+             "item": {"type": "reasoning", "id": "rs_1", "summary": []}}
     events = (
+        b'event: response.output_item.added\ndata: ' + json.dumps(added).encode() + b'\n\n'
         b'event: response.output_item.done\ndata: '
         + json.dumps({"type": "response.output_item.done", "output_index": 0, "item": item}).encode() + b'\n\n'
         + b'event: response.completed\ndata: '

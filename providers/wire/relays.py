@@ -7,16 +7,18 @@ They share one interface with openai_chat.StreamRelay, which the pipeline relies
 `usage` (hub.Usage, when the relay decoded it), `events_to_log(with_text)`.
 """
 import json
+import re
 
 from .. import hub
 from ..sse import EventSplitter
 from . import CODECS, dumps
-from .seals import SEALED_FIELDS, seal_native
+from .seals import seal_native
 from .translate import StreamTranslator
 
 
-# The bytes that show a stream event of a format may carry opaque reasoning.
-_SEAL_MARKS = {"anthropic_messages": (b'"signature', b'"redacted_thinking"'), "openai_responses": (b'"encrypted_content"',)}
+# What shows that a stream event of a format may carry opaque reasoning (one C search a block).
+_SEAL_MARKS = {"anthropic_messages": re.compile(rb'"signature|"redacted_thinking"'),
+               "openai_responses": re.compile(rb'"encrypted_content"')}
 
 
 class ObservingRelay:
@@ -27,7 +29,9 @@ class ObservingRelay:
 
     def __init__(self, fmt: str, secret: str | None = None, sealed_by: str | None = None):
         self.fmt = fmt
-        self.sealed_by = sealed_by if fmt in SEALED_FIELDS else None
+        self.sealed_by = sealed_by
+        self._seal_marks = _SEAL_MARKS.get(fmt) if sealed_by else None
+        self._seals_seen = False
         self.codec = CODECS[fmt]
         self.reader = self.codec.StreamReader()
         self._splitter = EventSplitter()
@@ -45,7 +49,7 @@ class ObservingRelay:
             block = block.replace(self._secret, b"***")
         for event in self.reader.feed(block):
             self._observe(event)
-        if self.sealed_by and any(mark in block for mark in _SEAL_MARKS[self.fmt]):
+        if self._seals_seen and self._seal_marks is not None and self._seal_marks.search(block):
             block = self._seal(block)
         if not self.started:
             if not any(line.startswith(b"data:") for line in block.split(b"\n")):
@@ -58,7 +62,7 @@ class ObservingRelay:
         (seals.py); the events without any go through as received."""
         events = []
         for event in block.split(b"\n\n"):
-            if any(mark in event for mark in _SEAL_MARKS[self.fmt]):
+            if self._seal_marks.search(event):
                 lines = event.split(b"\n")
                 for n, line in enumerate(lines):
                     if line.startswith(b"data:"):
@@ -73,12 +77,19 @@ class ObservingRelay:
         return b"\n\n".join(events)
 
     def _observe(self, event) -> None:
-        if isinstance(event, (hub.Start, hub.Finish)) and event.usage:
+        kind = type(event)
+        if kind is hub.TextDelta:
+            return
+        if (kind is hub.Start or kind is hub.Finish) and event.usage:
             self.usage = hub.merge_usage(self.usage, event.usage)
-        if isinstance(event, hub.Finish):
+        if kind is hub.Finish:
             self.finished = True
-        elif isinstance(event, hub.Error) and self.error is None:
+        elif kind is hub.Error and self.error is None:
             self.error = event.message
+        elif kind is hub.SignatureDelta or (kind is hub.BlockStart and event.redacted):
+            # the reader saw opaque reasoning: from now on blocks are searched for it (a text-only
+            # stream never is; a later event, e.g. response.completed, may repeat it)
+            self._seals_seen = True
 
     def close(self) -> bytes:
         for event in self.reader.close():
