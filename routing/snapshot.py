@@ -134,6 +134,13 @@ def build_snapshot(version: str = "") -> Snapshot:
 
     from .models import PromptRule, Route, RouteTarget
 
+    # Routes are read first, then providers, then targets (separate statements, each seeing what
+    # was committed when it ran): a route in this snapshot then comes with every target that
+    # was committed with it or before it, and their providers. Read last, a route saved with its
+    # targets just after the targets were read would be served without any until the next build.
+    route_rows = list(Route.objects.filter(enabled=True).order_by("name").values(
+        "id", "name", "aliases", "strategy", "max_attempts", "retry_on_status", "cooldown_s", "created_at",
+        "session_ttl_s"))
     providers = {}
     for p in Provider.objects.filter(enabled=True).prefetch_related("keys"):
         keys, undecryptable = [], 0
@@ -182,9 +189,7 @@ def build_snapshot(version: str = "") -> Snapshot:
             rules_of.setdefault(route_id, []).append(entry)
 
     routes, by_name = [], {}
-    for r in Route.objects.filter(enabled=True).order_by("name").values(
-            "id", "name", "aliases", "strategy", "max_attempts", "retry_on_status", "cooldown_s", "created_at",
-            "session_ttl_s"):
+    for r in route_rows:
         entry = RouteEntry(
             id=r["id"], name=r["name"], aliases=tuple(r["aliases"] or ()), strategy=r["strategy"],
             max_attempts=r["max_attempts"], retry_on_status=frozenset(r["retry_on_status"] or ()),
