@@ -260,17 +260,26 @@ def test_sigterm_ends_streams_in_flight_properly_and_writes_every_row(live, gate
     gateway = gateway_factory(GATEWAY_STOP_GRACE_S="1.5")
     wait_for_model(gateway, "gpt-4o-mini")
 
+    started = threading.Semaphore(0)
+
     def stream(chunk_delay):
         body = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 40, "chunk_delay": chunk_delay}}
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=AUTH,
                           timeout=30) as response:
-            data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+            data = []
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                    if len(data) == 1:
+                        started.release()
             return response.headers["x-request-id"], data
 
     with ThreadPoolExecutor(8) as pool:
         long = [pool.submit(stream, 0.25) for _ in range(5)]  # 10 s each
         short = [pool.submit(stream, 0.02) for _ in range(3)]  # under a second
-        time.sleep(0.7)
+        # Every stream under way before the stop (a fixed pause was too short on a loaded
+        # machine: a stream that had not started yet had no events at all).
+        assert all(started.acquire(timeout=20) for _ in range(8))
         gateway.proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in long + short]
     gateway.proc.wait(20)
