@@ -253,12 +253,14 @@ class ClientFlow:
         self.writable.set()
 
 
-def watch_for_shutdown() -> None:
+def watch_for_shutdown(*also) -> None:
     """Under Daphne, mark the process as stopping as soon as Twisted starts to shut down,
-    before Daphne cancels the applications in flight."""
+    before Daphne cancels the applications in flight; then call each of `also` (quick calls)."""
     reactor_module = sys.modules.get("twisted.internet.reactor")
     if reactor_module is not None:
         reactor_module.addSystemEventTrigger("before", "shutdown", stopping.set)
+        for call in also:
+            reactor_module.addSystemEventTrigger("before", "shutdown", call)
 
 
 # Young-generation threshold: Python's default (700 allocations) collects every couple

@@ -24,6 +24,7 @@ from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 from llmgateway import runtime  # noqa: E402
 from llmgateway.apihandler import ApiHandler, settle_heap, watch_for_shutdown  # noqa: E402
+from routing import requestlog  # noqa: E402
 from routing.endpoints import canonical_path  # noqa: E402
 from routing.websocket import serve_responses_socket  # noqa: E402
 
@@ -204,7 +205,9 @@ allow_websocket_denial_responses()
 limit_websocket_messages(settings.GATEWAY_MAX_BODY_BYTES)
 cut_off_slow_bodies(settings.GATEWAY_BODY_TIMEOUT_S)
 application = Dispatcher()
-watch_for_shutdown()
+# The request log's queued rows go to its writer as the stop begins, not after the drain:
+# a process killed before it ends (a slow drain, a supervisor out of patience) loses none of them.
+watch_for_shutdown(lambda: requestlog.queue.hand_over_now())
 atexit.register(runtime.close_at_exit)
 import llmgateway.api_urls  # noqa: E402,F401  (loaded now, so that it is part of the settled heap)
 

@@ -138,7 +138,27 @@ async def run_scripts(client, calls: list[ScriptCall]) -> list:
     does not know yet (a restarted Redis) is loaded and its call sent again. Raises
     RedisError when Redis is unreachable, and the error of a script that failed."""
     pool = client.connection_pool
-    connection = await pool.get_connection()
+    connection = await pool.get_connection()  # a Redis that is down fails here, once
+    try:
+        replies = await _send_scripts(pool, connection, calls)
+    except redis.exceptions.ConnectionError:
+        # A pooled connection to a Redis that restarted before this event loop noticed it
+        # close: the pool hands it out, the call fails, and a request would pass its limits
+        # uncounted. Drop the idle connections and send once more on a new one (as redis-py
+        # retries its own commands).
+        await pool.disconnect(inuse_connections=False)
+        replies = await _send_scripts(pool, await pool.get_connection(), calls)
+    for i, (call, reply) in enumerate(zip(calls, replies)):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            replies[i] = await call.script(keys=call.keys, args=call.args, client=client)  # loads it
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _send_scripts(pool, connection, calls: list[ScriptCall]) -> list:
+    """The calls' EVALSHA commands written together on `connection`, then their replies (a
+    failed script's as its error); the connection goes back to the pool."""
     try:
         await connection.send_packed_command(connection.pack_commands(
             [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]))
@@ -153,9 +173,4 @@ async def run_scripts(client, calls: list[ScriptCall]) -> list:
         raise
     finally:
         await pool.release(connection)
-    for i, (call, reply) in enumerate(zip(calls, replies)):
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            replies[i] = await call.script(keys=call.keys, args=call.args, client=client)  # loads it
-        elif isinstance(reply, Exception):
-            raise reply
     return replies

@@ -93,6 +93,11 @@ async def opened():
         await runtime.close()
 
 
+# At exit, how long closing a runtime may take: the process must go on to exit (and hand over
+# its request log) whatever a connection or a library does meanwhile.
+CLOSE_AT_EXIT_S = 10.0
+
+
 def close_at_exit() -> None:
     """Close what runtimes of loops that are not running hold (a graceful stop): pooled
     connections left to the garbage collector are logged as errors by aiohttp."""
@@ -100,8 +105,8 @@ def close_at_exit() -> None:
     for loop, runtime in list(_runtimes.items()):
         if not loop.is_closed() and not loop.is_running():
             try:
-                loop.run_until_complete(runtime.close())
-            except Exception:  # exiting anyway
+                loop.run_until_complete(asyncio.wait_for(runtime.close(), CLOSE_AT_EXIT_S))
+            except Exception:  # exiting anyway (a TimeoutError included)
                 pass
     _runtimes.clear()
     _last = None

@@ -4,9 +4,9 @@
 
 `serve` binds one socket per web process to the same port (SO_REUSEPORT) and the kernel
 spreads connections over them. On SIGTERM or SIGINT the process first stops accepting
-connections, then stops Daphne; the requests in flight get GATEWAY_STOP_GRACE_S to
-finish (llmgateway.apihandler), and at exit the request log hands its queued rows to the
-writer.
+connections, then stops Daphne: the request log hands its queued rows to the writer, the
+requests in flight get GATEWAY_STOP_GRACE_S to finish (llmgateway.apihandler), and at exit
+the rows of those follow.
 """
 import argparse
 import os

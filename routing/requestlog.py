@@ -7,8 +7,11 @@ costs and logged bodies and writes the rows in batches. None of that runs in the
 process, so none of it competes with the event loop for the GIL (in the same process it
 cost a fifth of the throughput).
 
-Nothing is lost on a graceful stop: at exit the sender hands over everything queued and
-the writer, once its input ends, writes it all before exiting. A slow or locked database
+Nothing is lost on a graceful stop: as the stop begins (before requests in flight drain)
+the sender hands over everything queued, and at exit what ended meanwhile; the writer, once
+its input ends, writes it all before exiting. The writer ignores SIGTERM and has a session of
+its own, so a gateway killed after the hand-over (a slow drain, a supervisor out of
+patience) loses none of the rows already handed over. A slow or locked database
 delays rows: the writer keeps them and retries; if it falls far behind it stops reading,
 the pipe fills, and the gateway's own queue holds the rest up to GATEWAY_LOG_QUEUE_MAX.
 Past that, new rows are dropped, counted and reported.
@@ -34,7 +37,9 @@ from .logrows import add_refusals, truncated_json, write_minimal_row, write_rows
 
 log = logging.getLogger(__name__)
 
-WRITER_EXIT_WAIT_S = 60  # at exit, how long the gateway waits for its writer to finish
+# At exit, how long the gateway waits for the last hand-over and its writer to finish, in all
+# (docker-compose.yml's stop_grace_period and `serve` allow for GATEWAY_STOP_GRACE_S + this).
+WRITER_EXIT_WAIT_S = 60
 
 
 class RequestLogQueue:
@@ -99,9 +104,17 @@ class RequestLogQueue:
         self._sender.start()
 
     def _send_forever(self) -> None:
+        # The writer starts with the first row rather than with the first hand-over: a stop is
+        # then a write to a pipe, not an interpreter start and a database connection (seconds
+        # on a loaded machine) before anything is safe.
+        try:
+            self._writer_pipe()
+        except OSError:
+            pass  # the first hand-over tries again
         backoff = 0.0
         while True:
             self._wake.wait(max(settings.GATEWAY_LOG_FLUSH_S, backoff))
+            self._wake.clear()
             stopping = self._stopping
             try:
                 self._hand_over()
@@ -172,10 +185,18 @@ class RequestLogQueue:
             )
         return self._writer.stdin
 
+    def hand_over_now(self) -> None:
+        """Hand what is queued to the writer now, without waiting for the next flush (a
+        graceful stop begins: the rows are safe before requests in flight drain). Returns at once."""
+        if self._sender is not None:
+            self._wake.set()
+
     def close(self) -> None:
-        """Hand everything over and wait for the writer to write it (at exit)."""
+        """Hand everything over and wait for the writer to write it (at exit), WRITER_EXIT_WAIT_S
+        at most in all."""
         if self._sender is None:
             return
+        deadline = time.monotonic() + WRITER_EXIT_WAIT_S
         self._stopping = True
         self._wake.set()
         self._sender.join(WRITER_EXIT_WAIT_S)
@@ -189,7 +210,7 @@ class RequestLogQueue:
         except OSError:
             pass
         try:
-            writer.wait(WRITER_EXIT_WAIT_S)
+            writer.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             log.error("request log writer still busy after %d s; leaving it to finish", WRITER_EXIT_WAIT_S)
 

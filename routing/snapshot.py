@@ -39,6 +39,8 @@ UNDECRYPTABLE_HEADERS = "its secret headers cannot be decrypted with the configu
 # Rebuild at least this often even if the counter did not move (a lost bump, a
 # Redis outage): correctness must not hang on one INCR.
 MAX_AGE_S = 60.0
+# How long stopping a keeper waits for its poller (a pass is a Redis read and perhaps a build).
+STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,7 @@ class SnapshotKeeper:
         self._poller: asyncio.Task | None = None
         self._first_load: asyncio.Future | None = None
         self._pinned = False
+        self._stopping = False
 
     async def get(self) -> Snapshot:
         snapshot = self.current
@@ -267,13 +270,19 @@ class SnapshotKeeper:
             raise
 
     async def stop(self) -> None:
+        """Stop polling (within about one poll interval, or STOP_WAIT_S at most)."""
+        self._stopping = True
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
-            try:
-                await poller
-            except (asyncio.CancelledError, Exception):
-                pass
+            # Not `await poller`: a cancellation can be lost inside a Redis call (seen: the
+            # poller returned from follow_changes still "cancelling" and polled on forever,
+            # hanging a graceful stop at exit). The flag ends the loop at its next turn.
+            await asyncio.wait([poller], timeout=STOP_WAIT_S)
+            if not poller.done():
+                log.warning("the snapshot poller did not stop within %.0f s; left behind", STOP_WAIT_S)
+            elif not poller.cancelled() and poller.exception() is not None:
+                log.warning("the snapshot poller ended with %r", poller.exception())
 
     async def _read_version(self) -> str:
         try:
@@ -290,8 +299,10 @@ class SnapshotKeeper:
         return snapshot
 
     async def _poll(self):
-        while True:
+        while not self._stopping:
             await asyncio.sleep(settings.GATEWAY_SNAPSHOT_POLL_S)
+            if self._stopping:
+                return
             try:
                 await self.keys.follow_changes(async_client())
             except asyncio.CancelledError:

@@ -79,10 +79,17 @@ def redis_url(tmp_path_factory):
 def fresh_routing_state(redis_url):
     """Each test starts with no circuits, cooldowns, health flags or latencies in Redis. They
     are keyed by row id, and test databases hand ids out again (a rolled-back transaction, a
-    flushed live-server test): a target would inherit an open circuit from an earlier test."""
+    flushed live-server test, the next session's new test database on the same REDIS_URL):
+    a target would inherit an open circuit from an earlier test. Cleared before each test
+    (what an earlier session, or a test killed mid-way, left) and after it."""
+    clear_routing_state()
+    yield
+    clear_routing_state()
+
+
+def clear_routing_state() -> None:
     from llmgateway.redis import sync_client
 
-    yield
     client = sync_client()
     stale = [*client.scan_iter("gw:rs:*", count=1000), *client.scan_iter("gw:health:target:*", count=1000)]
     if stale:

@@ -89,11 +89,50 @@ def test_sigterm_writes_every_queued_log_row(live, gateway_factory, db_access):
            for _ in range(20)]
     time.sleep(0.3)
     assert RequestLog.objects.filter(request_id__in=ids).count() == 0
-    # A generous stop timeout: under a loaded CI machine the graceful stop can be slow, and a kill
-    # (what a shorter wait ends in) is exactly what loses rows.
-    output = gateway.stop(signal.SIGTERM, timeout=45)
+    output = gateway.stop(signal.SIGTERM)
     assert gateway.proc.returncode is not None
     assert RequestLog.objects.filter(request_id__in=ids).count() == 20, output
+
+
+def test_queued_rows_are_handed_over_as_a_stop_begins_and_survive_a_kill_during_the_drain(
+        live, gateway_factory, db_access):
+    """The rows of finished requests go to the writer when SIGTERM arrives, not after the
+    requests in flight drain: a process killed mid-drain (a supervisor out of patience, a
+    slow stop on a loaded machine) has lost none of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from routing.models import RequestLog
+
+    gateway = gateway_factory(GATEWAY_LOG_FLUSH_S="60", GATEWAY_STOP_GRACE_S="60")
+    wait_for_model(gateway, "gpt-4o-mini")
+    ids = [httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH).headers["x-request-id"]
+           for _ in range(20)]
+    streaming = threading.Event()
+
+    def long_stream():  # 60 chunks, 0.5 s apart: the drain lasts as long as the test needs
+        body = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 60, "chunk_delay": 0.5}}
+        try:
+            with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=AUTH,
+                              timeout=60) as response:
+                for _ in response.iter_lines():
+                    streaming.set()
+        except httpx.HTTPError:
+            pass  # cut off by the kill below
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(long_stream)
+        assert streaming.wait(10)
+        assert RequestLog.objects.filter(request_id__in=ids).count() == 0
+        gateway.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while RequestLog.objects.filter(request_id__in=ids).count() < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        still_draining = gateway.proc.poll() is None
+        written = RequestLog.objects.filter(request_id__in=ids).count()
+        gateway.proc.kill()
+        output = gateway.stop()
+    assert still_draining, output
+    assert written == 20, output
 
 
 def test_a_locked_database_delays_log_rows_but_loses_none(live, db_access):
@@ -221,17 +260,26 @@ def test_sigterm_ends_streams_in_flight_properly_and_writes_every_row(live, gate
     gateway = gateway_factory(GATEWAY_STOP_GRACE_S="1.5")
     wait_for_model(gateway, "gpt-4o-mini")
 
+    started = threading.Semaphore(0)
+
     def stream(chunk_delay):
         body = {**CHAT, "model": "no-retry", "stream": True, "mock": {"chunks": 40, "chunk_delay": chunk_delay}}
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=AUTH,
                           timeout=30) as response:
-            data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+            data = []
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                    if len(data) == 1:
+                        started.release()
             return response.headers["x-request-id"], data
 
     with ThreadPoolExecutor(8) as pool:
         long = [pool.submit(stream, 0.25) for _ in range(5)]  # 10 s each
         short = [pool.submit(stream, 0.02) for _ in range(3)]  # under a second
-        time.sleep(0.7)
+        # Every stream under way before the stop (a fixed pause was too short on a loaded
+        # machine: a stream that had not started yet had no events at all).
+        assert all(started.acquire(timeout=20) for _ in range(8))
         gateway.proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in long + short]
     gateway.proc.wait(20)

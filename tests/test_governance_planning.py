@@ -150,6 +150,46 @@ def test_several_script_calls_go_in_one_round_trip_and_survive_a_redis_that_forg
     assert third.reason == "rpm"
 
 
+def test_a_request_after_a_quick_redis_restart_is_counted_not_served_on_a_dead_connection(tmp_path, settings):
+    """A Redis that restarts before the event loop has noticed its pooled connections close:
+    the pool hands one of them out. The admission must still be counted on the new server,
+    not fail open (served uncounted) on the dead connection."""
+    import asyncio
+
+    from keys import limits
+    from keys.auth import KeyEntry
+    from llmgateway.redis import new_async_client, run_scripts
+
+    from .conftest import free_port
+    from .test_governance import start_redis_on
+
+    port = free_port()
+    servers = [start_redis_on(port, tmp_path)]
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    key = KeyEntry(id=next(_ids), name="k", prefix="p", key_hash="h", enabled=True, expires_at=None,
+                   allowed_route_ids=None, rpm=2, tpm=None, budget_usd=None, budget_period="monthly", log_bodies=False)
+
+    async def admit_across_a_restart():
+        client = new_async_client()
+        try:
+            await asyncio.gather(*(client.ping() for _ in range(3)))  # a few pooled connections
+            servers[0].terminate()
+            servers[0].wait(5)
+            servers.append(start_redis_on(port, tmp_path))  # back, and this loop has not run meanwhile
+            admission, call = limits.prepare_admit(key, estimated_tokens=0, max_cost_usd=None)
+            (reply,) = await run_scripts(client, [call])
+            return limits.admission_from_reply(admission, reply)
+        finally:
+            await client.aclose()
+
+    try:
+        admitted = asyncio.run(admit_across_a_restart())
+    finally:
+        servers[-1].terminate()
+        servers[-1].wait(5)
+    assert admitted.allowed and admitted.counted and admitted.rpm_remaining == 1
+
+
 def test_concurrent_requests_of_a_quiet_route_share_one_read_of_its_state(settings, admission_round_trips):
     import asyncio
 

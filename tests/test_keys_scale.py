@@ -231,6 +231,41 @@ def test_a_key_change_does_not_rebuild_the_route_snapshot(db_access, settings):
     assert builds_after_route_change == 1
 
 
+def test_a_keeper_stops_even_when_its_pollers_cancellation_is_lost(db_access, settings):
+    """A cancellation can be lost inside a Redis call (the poller came back from it still
+    "cancelling" and polled on): stopping must not wait for it forever (it hung a graceful
+    stop at exit, and this module's tests under load)."""
+    from llmgateway import runtime
+
+    settings.GATEWAY_SNAPSHOT_POLL_S = 0.05
+
+    async def main():
+        async with runtime.opened() as gateway:
+            keeper = gateway.keeper
+            await keeper.get()
+            follow_changes = keeper.keys.follow_changes
+            calls = 0
+
+            async def loses_cancellations(client):
+                nonlocal calls
+                calls += 1
+                try:
+                    await asyncio.sleep(0.2)
+                except asyncio.CancelledError:
+                    pass  # what the library did: carry on as if nothing happened
+                await follow_changes(client)
+
+            keeper.keys.follow_changes = loses_cancellations
+            while not calls:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            await asyncio.wait_for(keeper.stop(), 3)
+            return time.monotonic() - started, keeper._poller
+
+    took, poller = asyncio.run(main())
+    assert took < 1 and poller is None
+
+
 # --- two gateway processes ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

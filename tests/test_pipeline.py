@@ -28,6 +28,29 @@ def sse_data(text: str) -> list[str]:
     return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
 
 
+def explain(response, route) -> str:
+    """A failure message with the gateway's own account of the request (its log row) and the
+    shared routing state of the route's targets and keys (an open circuit, a cooling key)."""
+    from llmgateway.redis import sync_client
+    from routing import resilience
+
+    row = wait_for_log(response.headers["x-request-id"])
+    redis = sync_client()
+    state = {}
+    for target in route.targets.select_related("provider"):
+        names = [resilience.circuit_key(target.id), resilience.health_down_key(target.id)]
+        names += [resilience.cooldown_key(key.id) for key in target.provider.keys.all()]
+        for name in names:
+            kind = redis.type(name).decode()
+            if kind == "hash":
+                state[name] = redis.hgetall(name)
+            elif kind != "none":
+                state[name] = redis.get(name) if kind == "string" else kind
+    return (f"{response.status_code} {response.text[:300]!r}; logged: status={row.status} attempts={row.attempts} "
+            f"provider={row.provider} error_kind={row.error_kind} latency_ms={row.latency_ms} "
+            f"error_message={row.error_message!r}; routing state: {state}")
+
+
 @pytest.fixture
 def mock(live, mock_upstream):
     return mock_upstream
@@ -152,9 +175,10 @@ def test_a_timed_out_target_gives_way_to_the_next(live, mock, db_access):
 def test_it_fails_over_when_a_streams_first_event_times_out(live, mock, db_access):
     slow = make_provider(mock.base_url, timeout_s=0.5, fault={"first_event_delay": 3})
     healthy = make_provider(mock.base_url)
-    model = ready(live, make_route(slow, healthy))
+    route = make_route(slow, healthy)
+    model = ready(live, route)
     response = post(live, {**CHAT, "model": model, "stream": True})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 200, explain(response, route)
     assert response.headers["x-gateway-provider"] == healthy.name
     assert sse_data(response.text)[-1] == "[DONE]"
 
@@ -172,9 +196,10 @@ def test_a_first_event_slower_than_the_idle_timeout_is_awaited(live, mock, db_ac
 def test_keep_alive_comments_do_not_count_as_the_first_event(live, mock, db_access):
     thinking = make_provider(mock.base_url, timeout_s=1, fault={"keepalive_every": 0.1, "keepalive_for": 3})
     healthy = make_provider(mock.base_url)
-    model = ready(live, make_route(thinking, healthy))
+    route = make_route(thinking, healthy)
+    model = ready(live, route)
     response = post(live, {**CHAT, "model": model, "stream": True})
-    assert response.status_code == 200
+    assert response.status_code == 200, explain(response, route)
     assert response.headers["x-gateway-provider"] == healthy.name
     assert "PROCESSING" not in response.text
 

@@ -33,8 +33,6 @@ from llmgateway.supervise import stop_with_parent
 
 log = logging.getLogger(__name__)
 
-# After a stopping web process's drain, time for it to hand its request log over.
-LOG_HANDOVER_S = 15
 
 
 class Command(BaseCommand):
@@ -110,9 +108,13 @@ class Command(BaseCommand):
 
 def supervision_plan(listening: list[socket.socket], no_worker: bool, redis_proc) -> dict:
     """What llmgateway.supervise starts and looks after (no secrets: it goes on a command line)."""
+    from routing.requestlog import WRITER_EXIT_WAIT_S
+
     python = sys.executable
+    # A stopping web process drains, then waits for its request log's writer: killed sooner, the
+    # writer's rows would go with the container.
     children = [{"name": "web", "args": [python, "-m", "llmgateway.webworker", "--fd", str(sock.fileno())],
-                 "pass_fds": [sock.fileno()], "stop_wait_s": settings.GATEWAY_STOP_GRACE_S + LOG_HANDOVER_S,
+                 "pass_fds": [sock.fileno()], "stop_wait_s": settings.GATEWAY_STOP_GRACE_S + WRITER_EXIT_WAIT_S,
                  # Web processes send no Celery tasks: they skip the Celery app (llmgateway/__init__.py).
                  "lean": True}
                 for sock in listening]
