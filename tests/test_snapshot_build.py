@@ -25,16 +25,17 @@ def saved_between_statements(after_table: str, save):
 
 
 @pytest.mark.parametrize("table", ["routing_route", "providers_provider", "routing_routetarget"])
-def test_a_route_saved_with_its_target_during_a_build_comes_whole_or_not_at_all(table):
-    make_route(make_provider("http://127.0.0.1:9/v1"))  # something to read already
+def test_a_route_saved_with_its_targets_during_a_build_comes_whole_or_not_at_all(table):
+    existing = make_provider("http://127.0.0.1:9/v1")
+    make_route(existing)  # something to read already
     saved = []
 
-    def save():
-        saved.append(make_route(make_provider("http://127.0.0.1:9/v1")).name)
+    def save():  # a new provider, then a route over it and the existing one (a failover pair)
+        saved.append(make_route(existing, make_provider("http://127.0.0.1:9/v1")).name)
 
     with connection.execute_wrapper(saved_between_statements(table, save)):
         snapshot = build_snapshot("test")
 
     assert saved, f"no SELECT on {table}"
     route = snapshot.routes_by_name.get(saved[0])
-    assert route is None or len(route.targets) == 1
+    assert route is None or len(route.targets) == 2
