@@ -27,6 +27,9 @@ DEFAULTS = {
     "HEALTH_TRUSTED_PROXIES": lambda: _env.list("HEALTH_TRUSTED_PROXIES", default=[]),
     # How often live traffic's request-log rows are folded into the rollups (live.py).
     "HEALTH_LIVE_FOLD_EVERY_S": lambda: _env.float("HEALTH_LIVE_FOLD_EVERY_S", default=15.0),
+    # Request-log rows are folded only up to the newest id seen at least this long ago: writers
+    # commit out of id order, and a row committed after a higher id was folded would be missed.
+    "HEALTH_LIVE_SETTLE_S": lambda: _env.float("HEALTH_LIVE_SETTLE_S", default=5.0),
     # How often the open status page refreshes its cards.
     "HEALTH_STATUS_REFRESH_S": lambda: _env.int("HEALTH_STATUS_REFRESH_S", default=60),
     # How long browsers and proxies may cache public answers.

@@ -22,20 +22,32 @@ answered last: the failed attempt before it is seen by circuits, not here.
 
 The cursor (MonitoringSettings.live_log_cursor) moves by a conditional update, so of two
 workers folding at once exactly one folds a given batch (the claims of dispatch.py).
+
+Ids are handed out when rows are inserted, but several log writers commit in any order: a row
+may become visible after a higher id has been folded, and a cursor past it would never see it.
+So a fold reads only up to a horizon: the newest id seen at least HEALTH_LIVE_SETTLE_S ago (kept
+in Redis), by when every row with a lower id has been committed (a writer's batch commits in
+milliseconds). Live traffic reaches the rollups one fold later for it.
 """
+import time
 from collections import defaultdict
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
+from redis.exceptions import RedisError
 
+from llmgateway.redis import sync_client
 from routing.models import RequestLog
 
+from .conf import setting
 from .models import HealthRollup, HealthTarget, MonitoringSettings
 from .probes import pipeline_error_kind
 from .rollups import bucket_of, changed_pages, latency_bin, merge_counts, refresh_summary, change_state
 
 BATCH = 5000
+HORIZON_KEY = "gw:health:live:horizon"  # "<newest request-log id>:<when it was seen, epoch s>"
 FIRST_LOOK_BACK = timedelta(hours=1)  # where a new cursor starts: not the whole history
 # Request-log error kinds that are the upstream's failure (the rest are the client's doing).
 UPSTREAM_FAILURES = {"upstream_connect", "upstream_timeout", "upstream_bad_answer", "stream_cut",
@@ -53,24 +65,51 @@ def live_outcome(status: int, error_kind: str, error_message: str) -> tuple[bool
     return True, pipeline_error_kind(status, error_kind, error_message or "")
 
 
-def fold_live_traffic(max_batches: int = 10) -> int:
-    """Fold request-log rows written since the cursor into the rollups of the targets they
-    concern. Returns how many rows counted."""
+def fold_live_traffic(max_batches: int = 10, now: float | None = None) -> int:
+    """Fold request-log rows written since the cursor, up to the settled horizon, into the
+    rollups of the targets they concern. Returns how many rows counted."""
+    if not MonitoringSettings.load().enabled:
+        return 0
+    horizon = settled_horizon(time.time() if now is None else now)
     counted = 0
     for _ in range(max_batches):
-        folded, more = _fold_batch()
+        folded, more = _fold_batch(horizon)
         counted += folded
         if not more:
             break
     return counted
 
 
-def _fold_batch() -> tuple[int, bool]:
+def settled_horizon(now: float) -> int:
+    """The highest request-log id every row below which has surely been committed: the newest
+    id seen at least HEALTH_LIVE_SETTLE_S ago (0 before there is one). Seeing the newest id now
+    is remembered for a later fold. With a settle time of 0, the newest id now."""
+    newest = RequestLog.objects.aggregate(newest=Max("pk"))["newest"] or 0
+    settle = float(setting("HEALTH_LIVE_SETTLE_S"))
+    if settle <= 0:
+        return newest
+    redis = sync_client()
+    try:
+        seen = redis.get(HORIZON_KEY)
+    except RedisError:
+        return 0  # no horizon to go by: fold nothing now, the next fold tries again
+    seen_id, _, seen_at = (seen.decode() if isinstance(seen, bytes) else seen or "").partition(":")
+    if seen_at and now - float(seen_at) >= settle:
+        redis.set(HORIZON_KEY, f"{newest}:{now}")
+        return int(seen_id)
+    if not seen_at:
+        redis.set(HORIZON_KEY, f"{newest}:{now}")
+    return 0  # nothing settled yet: rows up to the cursor were folded already
+
+
+def _fold_batch(horizon: int) -> tuple[int, bool]:
     monitoring = MonitoringSettings.load()
     if not monitoring.enabled:
         return 0, False
     cursor = monitoring.live_log_cursor
-    rows = RequestLog.objects.filter(pk__gt=cursor).order_by("pk")
+    if horizon <= cursor:
+        return 0, False
+    rows = RequestLog.objects.filter(pk__gt=cursor, pk__lte=horizon).order_by("pk")
     if cursor == 0:
         rows = rows.filter(created_at__gte=timezone.now() - FIRST_LOOK_BACK)
     batch = list(rows.values_list("pk", "created_at", "virtual_key_id", "route", "provider", "upstream_model",

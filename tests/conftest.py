@@ -353,3 +353,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path):
+    """Where browser tests save their screenshots: docs/screenshots/ (the README's) with
+    UPDATE_SCREENSHOTS=1, else a temporary directory, so a test run leaves the tree clean."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shots = BASE_DIR / "docs" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        return shots
+    return tmp_path

@@ -53,14 +53,6 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture
-def screenshot_dir(tmp_path):
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
-
-
 def wait_for(driver, css, timeout=10):
     return WebDriverWait(driver, timeout).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
 

@@ -200,7 +200,8 @@ def status_gateway(gateway_factory):
 
 
 @needs_browser
-def test_the_status_page_renders_in_chromium_and_refreshes_itself(monitored_model, status_gateway, browser):
+def test_the_status_page_renders_in_chromium_and_refreshes_itself(monitored_model, status_gateway, browser,
+                                                                    screenshot_dir):
     from .test_health_monitor import make_run
 
     from healthcheck.models import HealthTarget
@@ -224,12 +225,12 @@ def test_the_status_page_renders_in_chromium_and_refreshes_itself(monitored_mode
         make_run(broken, minutes_ago=minutes, outcome="down" if failed else "healthy",
                  error_kind="connection_refused" if failed else "", latency_ms=None if failed else 900.0)
     try:
-        _look_at_the_page(browser, status_gateway, monitored_model)
+        _look_at_the_page(browser, status_gateway, monitored_model, screenshot_dir)
     finally:
         Route.objects.filter(name__in=["steady-model", "broken-model"]).delete()
 
 
-def _look_at_the_page(browser, status_gateway, monitored_model):
+def _look_at_the_page(browser, status_gateway, monitored_model, screenshot_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -243,8 +244,7 @@ def _look_at_the_page(browser, status_gateway, monitored_model):
     segments = strip.find_elements(By.CSS_SELECTOR, "span")
     assert sum(int(s.value_of_css_property("flex-grow")) for s in segments) == 288
     assert strip.size["width"] <= card.size["width"]
-    shot = BASE_DIR / "docs" / "screenshots" / "status.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot = screenshot_dir / "status.png"
     browser.save_screenshot(str(shot))
 
     # htmx swaps the cards in place: the page's own element stays, the timestamp moves on.

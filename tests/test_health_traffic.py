@@ -3,14 +3,21 @@ so /status is right between probes; folded from the request log, off the hot pat
 import json
 
 import httpx
+import pytest
 
-from healthcheck.live import fold_live_traffic, live_outcome
+from healthcheck.live import HORIZON_KEY, fold_live_traffic, live_outcome
 from healthcheck.models import HealthRollup, HealthTarget, MonitoringSettings
 from healthcheck.status import target_record
 
 from .conftest import wait_for_log, wait_for_model
 from .factories import make_key, make_provider, make_route
 from .test_health_routing import cleanup, logged, monitoring  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(autouse=True)
+def fold_at_once(settings):
+    """These tests fold what is logged at once; the settle horizon has a test of its own."""
+    settings.HEALTH_LIVE_SETTLE_S = 0
 
 
 def send(gateway, secret: str, model: str, body: dict | None = None) -> httpx.Response:
@@ -121,3 +128,35 @@ def test_saving_the_settings_from_an_older_read_does_not_move_the_cursor_back(mo
     stale.save()  # as the admin saves its form
     fresh = MonitoringSettings.load()
     assert (fresh.live_log_cursor, fresh.default_prompt) == (12345, "Say OK, please")
+
+
+def test_a_row_committed_after_a_higher_id_was_seen_is_still_folded(monitoring, cleanup, settings):
+    from django.utils import timezone
+
+    from llmgateway.redis import sync_client
+    from routing.models import RequestLog
+
+    settings.HEALTH_LIVE_SETTLE_S = 5
+    sync_client().delete(HORIZON_KEY)
+    provider = make_provider("http://127.0.0.1:9/v1", name="late-rows")
+    route = make_route(provider)
+    cleanup(provider), cleanup(route)
+    target = HealthTarget.objects.create(name=route.name, route=route)
+    cleanup(target)
+    fold_live_traffic(now=1000.0)  # where this test starts: earlier rows are not its own
+
+    def log_row(pk=None):
+        row = RequestLog.objects.create(pk=pk, request_id=f"req_late_{pk or 'auto'}_{RequestLog.objects.count()}",
+                                        created_at=timezone.now(), endpoint="chat", route=route.name,
+                                        provider=provider.name, upstream_model="gpt-4o-mini", status=200, ttfb_ms=12)
+        cleanup(row)
+        return row
+
+    first = log_row()
+    log_row(pk=first.pk + 2)  # another writer's row, its id handed out later, committed first
+    assert fold_live_traffic(now=1006.0) == 0  # the ids above what was seen 6 s ago are not settled yet
+    log_row(pk=first.pk + 1)  # the slower writer commits
+    assert fold_live_traffic(now=1008.0) == 0  # what was seen at 1006 is not settled at 1008
+    assert fold_live_traffic(now=1012.0) == 3  # settled: all three, the late one included
+    assert rollup_totals(target)["live"] == 3
+    assert fold_live_traffic(now=1020.0) == 0  # each row folds once
