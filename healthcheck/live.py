@@ -91,15 +91,13 @@ def settled_horizon(now: float) -> int:
     redis = sync_client()
     try:
         seen = redis.get(HORIZON_KEY)
+        seen_id, _, seen_at = (seen.decode() if isinstance(seen, bytes) else seen or "").partition(":")
+        settled = bool(seen_at) and now - float(seen_at) >= settle
+        if settled or not seen_at:
+            redis.set(HORIZON_KEY, f"{newest}:{now}")
     except RedisError:
         return 0  # no horizon to go by: fold nothing now, the next fold tries again
-    seen_id, _, seen_at = (seen.decode() if isinstance(seen, bytes) else seen or "").partition(":")
-    if seen_at and now - float(seen_at) >= settle:
-        redis.set(HORIZON_KEY, f"{newest}:{now}")
-        return int(seen_id)
-    if not seen_at:
-        redis.set(HORIZON_KEY, f"{newest}:{now}")
-    return 0  # nothing settled yet: rows up to the cursor were folded already
+    return int(seen_id) if settled else 0  # not settled yet: what lies below the cursor is folded
 
 
 def _fold_batch(horizon: int) -> tuple[int, bool]:

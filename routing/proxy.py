@@ -431,15 +431,15 @@ def _answer_for_client(record: RequestRecord, content: bytes, upstream_wire: str
     """A whole answer in the client's format (as received when the formats match, but its
     opaque reasoning sealed with the upstream model), its usage decoded here for the log."""
     try:
-        answer = CODECS[upstream_wire].read_answer(content)
+        payload = json.loads(content)  # once: read here, and sealed below when it goes out as received
+        answer = CODECS[upstream_wire].read_answer(payload)
         if client_wire != upstream_wire:
             translated = translate_answer(answer, upstream_wire, client_wire, client_body.get("model", ""),
                                           custom_tool_names(client_body, client_wire), sealed_by=upstream_model)
             content = json.dumps(translated, ensure_ascii=False).encode()
-        elif client_wire in SEALED_FIELDS and any(isinstance(p, hub.Thinking) for p in answer.parts):
-            payload = json.loads(content)
-            if seal_native(payload, client_wire, upstream_model):
-                content = json.dumps(payload, ensure_ascii=False).encode()
+        elif (client_wire in SEALED_FIELDS and any(isinstance(p, hub.Thinking) for p in answer.parts)
+              and seal_native(payload, client_wire, upstream_model)):
+            content = json.dumps(payload, ensure_ascii=False).encode()
     except (InvalidField, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AttemptFailed(Failure("bad_answer", retryable=True, detail=f"answer not readable ({exc})"[:300]))
     record.log.usage = log_usage(answer.usage)

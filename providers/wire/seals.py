@@ -8,6 +8,7 @@ A seal is `<format>@<model>:<value>`, for Responses `openai_responses@<model>:<i
 the model percent-encoded (it may hold ":" or "@"; base64 values hold neither). Seals made
 before models were recorded, `<format>:<value>`, are still read (model unknown)."""
 import re
+from copy import deepcopy
 from urllib.parse import quote, unquote
 
 from .. import hub
@@ -134,17 +135,9 @@ def unseal_native(body: dict, fmt: str) -> dict:
     fields = SEALED_FIELDS[fmt]
     copied = []
     for turn in history:
-        if any(True for _ in _sealed_objects(turn, fields)):
-            turn = _copy_tree(turn)
+        if next(_sealed_objects(turn, fields), None) is not None:
+            turn = deepcopy(turn)
             for obj, field in _sealed_objects(turn, fields):
                 obj[field] = unseal(obj[field], fmt)[0]
         copied.append(turn)
     return {**body, key: copied}
-
-
-def _copy_tree(value):
-    if isinstance(value, dict):
-        return {k: _copy_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_tree(v) for v in value]
-    return value

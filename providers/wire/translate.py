@@ -3,10 +3,11 @@
 How the proxy uses it, when the client's format (src of the request) differs from the
 upstream's: `translate_request(body, client, upstream, model)` gives the upstream body and
 the diagnostics to log; the answer comes back through `translate_answer(body, upstream,
-client, model, custom_tools, sealed_by)` or, streamed, through one `StreamTranslator(upstream, client,
-model, custom_tools, sealed_by)` fed every upstream read (`sealed_by`: the upstream model). `custom_tools` is `custom_tool_names(body,
-client)`: OpenAI custom (free-form) tools travel to other providers as functions taking one
-string, and their calls are turned back into custom calls here.
+client, model, custom_tools, sealed_by)` or, streamed, through one `StreamTranslator(upstream,
+client, model, custom_tools, sealed_by)` fed every upstream read. `sealed_by` is the upstream
+model, which the seals of its reasoning carry (seals.py). `custom_tools` is
+`custom_tool_names(body, client)`: OpenAI custom (free-form) tools travel to other providers
+as functions taking one string, and their calls are turned back into custom calls here.
 """
 from .. import hub
 from . import CODECS, InvalidField, unwrap_custom_input
